@@ -1,0 +1,1 @@
+"""Backends: each runs a Plan in one framework."""

@@ -1,0 +1,141 @@
+"""Torch backend: forward of every IR op (``torch_ops``), VJPs through torch's autodiff, plan execution.
+
+Float32 and float64, CPU and CUDA: static values are moved once to the compute dtype and device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from lrpir.backends.torch_ops import TORCH_OPS, run_op
+
+from lrpir.execute import RawResult, run_plan
+from lrpir.ir import Node
+from lrpir.schedule import Plan
+
+_FLOAT_CASTS = {1, 10, 11, 16}  # onnx FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+class TorchArrayOps:
+    """The array functions rules use, on torch tensors (python scalars take the compute dtype)."""
+
+    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
+        self.dtype = dtype
+
+    def where(self, cond, a, b):
+        if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
+            a = torch.tensor(a, dtype=self.dtype, device=cond.device)
+        return torch.where(cond, a, b)
+
+    def zeros_like(self, x):
+        return torch.zeros_like(x)
+
+    def sum(self, x, axes, keepdims=False):
+        return torch.sum(x, dim=tuple(axes), keepdim=keepdims)
+
+    def reshape(self, x, shape):
+        return torch.reshape(x, tuple(shape))
+
+    def shape(self, x):
+        return tuple(x.shape)
+
+    def clamp(self, x, low=None, high=None):
+        return torch.clamp(x, min=low, max=high)
+
+
+class TorchContext:
+    """The RuleContext of the torch backend."""
+
+    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
+        self.dtype, self.device = dtype, device
+        self.xp = TorchArrayOps(dtype)
+
+    def forward(self, node: Node, inputs: list) -> list:
+        attrs = node.attrs
+        if node.op_type == "Cast" and not node.domain and attrs.get("to") in _FLOAT_CASTS \
+                and inputs[0] is not None and inputs[0].is_floating_point():
+            return [inputs[0].to(self.dtype)]  # float-to-float casts follow the compute dtype
+        outs = run_op(node.domain, node.op_type, inputs, attrs)
+        return list(outs[: len(node.outputs)])
+
+    def vjp(self, node: Node, inputs: list, wrt: list[int], cotangents: list) -> list:
+        with torch.enable_grad():
+            xs = list(inputs)
+            for i in wrt:
+                xs[i] = inputs[i].detach().requires_grad_(True)
+            outs = self.forward(node, xs)
+            pairs = [(o, c) for o, c in zip(outs, cotangents)
+                     if c is not None and o.requires_grad]
+            if not pairs:
+                return [torch.zeros_like(inputs[i]) for i in wrt]
+            grads = torch.autograd.grad([o for o, _ in pairs], [xs[i] for i in wrt],
+                                        [c.to(o.dtype) for o, c in pairs], allow_unused=True)
+        return [g if g is not None else torch.zeros_like(inputs[i]) for g, i in zip(grads, wrt)]
+
+    def item_sums(self, x, batch: int):
+        return x.reshape(batch, -1).sum(dim=1, dtype=torch.float64)
+
+    def item_zeros(self, batch: int):
+        return torch.zeros(batch, dtype=torch.float64, device=self.device)
+
+
+def _tensor(x: Any, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
+    t = x if isinstance(x, torch.Tensor) else torch.tensor(np.asarray(x))
+    if dtype is not None and t.is_floating_point():
+        t = t.to(dtype)
+    return t.to(device)
+
+
+class TorchExecutable:
+    """A plan bound to a dtype and device, with its static values already on the device."""
+
+    def __init__(self, plan: Plan, dtype: torch.dtype, device: torch.device) -> None:
+        self.plan, self.dtype, self.device = plan, dtype, device
+        self.ctx = TorchContext(dtype, device)
+        statics = {}
+        for node in plan.graph.nodes:
+            for v in node.inputs:
+                if v is not None and v.is_static and v.name not in statics:
+                    statics[v.name] = _tensor(v.data, dtype, device)
+        self.statics = statics
+
+    def run(self, inputs: dict[str, Any], seed) -> RawResult:
+        feeds = {k: _tensor(v, self.dtype, self.device) for k, v in inputs.items()}
+        with torch.no_grad():
+            return run_plan(self.plan, self.ctx, self.statics, feeds, seed)
+
+
+class TorchBackend:
+    name = "torch"
+    float64 = True
+
+    def supports(self, node: Node) -> bool:
+        return (node.domain, node.op_type) in TORCH_OPS
+
+    def default_device(self, inputs: list[Any]) -> torch.device:
+        for x in inputs:
+            if isinstance(x, torch.Tensor):
+                return x.device
+        return torch.device("cpu")
+
+    def compile(self, plan: Plan, dtype: np.dtype, device: Any = None, jit: bool = False) -> TorchExecutable:
+        tdtype = {np.dtype("float64"): torch.float64, np.dtype("float32"): torch.float32,
+                  np.dtype("float16"): torch.float16}.get(np.dtype(dtype), torch.float32)
+        return TorchExecutable(plan, tdtype, torch.device(device or "cpu"))
+
+    def seed(self, start: Any):
+        """Turn a start relevance (numpy or tensor) into a seed function for ``run``."""
+        return start
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        if isinstance(x, torch.Tensor):
+            return x.detach().cpu().numpy()
+        return np.asarray(x)
+
+    def from_numpy(self, x: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(x, dtype=like.dtype, device=like.device)
+
+
+BACKEND = TorchBackend()

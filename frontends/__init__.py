@@ -1,0 +1,1 @@
+"""Frontends: each lowers one kind of model into the lrpir IR."""

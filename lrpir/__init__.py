@@ -1,0 +1,26 @@
+"""lrpir: a framework-neutral attribution compiler for Layer-wise Relevance Propagation.
+
+Frontends lower a model (ONNX today) into one operation IR; a rule engine gives every op an LRP
+rule; a promise scheduler plans the relevance pass; a backend runs it.
+"""
+
+from lrpir.api import Explainer, Explanation, compile, explain
+from lrpir.conservation import Conservation
+from lrpir.errors import InputError, LrpirError, ModelLoadError, RuleError, UnsupportedOpError
+from lrpir.rules.presets import Rules
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Conservation",
+    "Explainer",
+    "Explanation",
+    "InputError",
+    "LrpirError",
+    "ModelLoadError",
+    "RuleError",
+    "Rules",
+    "UnsupportedOpError",
+    "compile",
+    "explain",
+]

@@ -1,0 +1,265 @@
+"""The public entry points: ``lrpir.compile`` and ``lrpir.explain``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lrpir import plugins
+from lrpir.canonicalize import CanonicalReport, canonicalize
+from lrpir.conservation import Conservation, OpAmount
+from lrpir.engine import assign_rules
+from lrpir.errors import InputError, UnsupportedOpError
+from lrpir.ir import Graph, Value
+from lrpir.rules.presets import Rules, as_rules
+from lrpir.schedule import Plan, schedule
+
+_DEFAULT_BACKEND = {"onnx": "torch", "torch": "torch", "jax": "jax"}
+_SOFTMAX = {"Softmax", "LogSoftmax"}
+
+
+@dataclass
+class Explanation:
+    """Relevance for one batch: one float array per model input, in that input's own layout."""
+
+    relevance: tuple[np.ndarray, ...]
+    output: np.ndarray
+    target: np.ndarray | None
+    conservation: Conservation
+    plan: Plan
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(str(r.shape) for r in self.relevance)
+        return f"Explanation(relevance=[{shapes}], target={self.target})"
+
+
+@dataclass
+class Compiled:
+    """Everything built for one set of input shapes and one explained output."""
+
+    graph: Graph
+    plan: Plan
+    executable: Any
+    report: CanonicalReport
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "detach"):  # torch
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _pick_frontend(model: Any, capture: str | None) -> Any:
+    found = plugins.frontends()
+    for name, fe in found.items():
+        try:
+            if fe.accepts(model) if capture is None else (name == capture or fe.accepts(model)):
+                return fe
+        except Exception:  # a plugin's accepts() must not hide the built-ins
+            continue
+    kinds = ", ".join(sorted(found)) or "none installed"
+    raise InputError(f"lrpir cannot read a model of type {type(model).__name__}; frontends: {kinds}. "
+                     "Pass a path to a .onnx file or an onnx.ModelProto.")
+
+
+def _pick_backend(name: str | None, framework: str) -> Any:
+    name = name or _DEFAULT_BACKEND.get(framework, "torch")
+    found = plugins.backends()
+    if name not in found:
+        raise InputError(f"unknown backend {name!r}; installed backends: {', '.join(sorted(found))}")
+    return found[name]
+
+
+class Explainer:
+    """A model compiled for relevance: call it on inputs to get an :class:`Explanation`.
+
+    Plans are cached per input shapes, dtypes and explained output, and rebuilt only when those
+    change.
+    """
+
+    def __init__(self, model: Any, rules: str | Rules = "epsilon", backend: str | None = None,
+                 capture: str | None = None, jit: bool = False, keep_softmax: bool = False) -> None:
+        self.frontend = _pick_frontend(model, capture)
+        self.source = self.frontend.load(model)
+        self.rules = as_rules(rules)
+        self.backend = _pick_backend(backend, self.source.framework)
+        self.jit = jit
+        self.keep_softmax = keep_softmax
+        self._cache: dict[tuple, Compiled] = {}
+
+    # -- inputs -------------------------------------------------------------------------------
+    def _check_inputs(self, inputs: tuple) -> list[np.ndarray]:
+        specs = self.source.inputs
+        if len(inputs) != len(specs):
+            names = ", ".join(s.name for s in specs)
+            raise InputError(f"the model takes {len(specs)} input(s) ({names}), got {len(inputs)}")
+        arrays = []
+        for k, (x, spec) in enumerate(zip(inputs, specs)):
+            a = _to_numpy(x)
+            label = f"input '{spec.name}' (#{k})"
+            want = np.dtype(spec.dtype)
+            if want.kind == "f" and a.dtype.kind != "f":
+                raise InputError(f"{label} must be a float array, got {a.dtype}")
+            if want.kind in "iu" and a.dtype.kind not in "iu":
+                raise InputError(f"{label} must be an integer array ({want}), got {a.dtype}")
+            if want.kind == "b" and a.dtype.kind != "b":
+                raise InputError(f"{label} must be a boolean array, got {a.dtype}")
+            if spec.shape is not None:
+                if a.ndim != len(spec.shape):
+                    raise InputError(f"{label} has shape {a.shape} but the model expects rank "
+                                     f"{len(spec.shape)} {tuple(spec.shape)}")
+                for d, (got, exp) in enumerate(zip(a.shape, spec.shape)):
+                    if isinstance(exp, int) and exp > 0 and got != exp:
+                        raise InputError(f"{label} has shape {a.shape} but the model expects "
+                                         f"{tuple(spec.shape)} (dimension {d} must be {exp})")
+            if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+                bad = np.argwhere(~np.isfinite(a))[0]
+                raise InputError(f"{label} contains NaN or infinity (first at index {tuple(bad)})")
+            if want.kind in "iu" and a.dtype != want:
+                a = a.astype(want)
+            arrays.append(a)
+        return arrays
+
+    def _compute_dtype(self, arrays: list[np.ndarray]) -> np.dtype:
+        floats = [a.dtype for a in arrays if a.dtype.kind == "f"]
+        return np.dtype("float64") if np.dtype("float64") in floats else np.dtype("float32")
+
+    # -- compilation --------------------------------------------------------------------------
+    def _explained_value(self, graph: Graph, output: int | str) -> Value:
+        names = [v.name for v in graph.outputs]
+        if isinstance(output, str):
+            if output not in self.source.outputs:
+                raise InputError(f"output {output!r} is not an output of the model; outputs: {names}")
+            k = self.source.outputs.index(output)
+        else:
+            k = int(output)
+            if not -len(names) <= k < len(names):
+                raise InputError(f"output {output} is out of range: the model has {len(names)} "
+                                 f"output(s) {names}")
+        v = graph.outputs[k]
+        while (not self.keep_softmax and v.producer is not None
+               and v.producer.op_type in _SOFTMAX and not v.producer.domain):
+            v = v.producer.inputs[0]
+        if v.is_static or not v.is_activation:
+            raise InputError(f"output {names[k]!r} does not depend on any float input, "
+                             "so it has no relevance to explain")
+        return v
+
+    def compiled(self, arrays: list[np.ndarray], output: int | str = 0, device: Any = None) -> Compiled:
+        dtype = self._compute_dtype(arrays)
+        key = (tuple(a.shape for a in arrays), tuple(a.dtype.str for a in arrays), output,
+               str(device), dtype.str)
+        if key in self._cache:
+            return self._cache[key]
+        graph = self.frontend.lower(self.source, [a.shape for a in arrays])
+        index_values, report = canonicalize(graph)
+        explained = self._explained_value(graph, output)
+        assignments = assign_rules(graph, explained, self.rules, index_values)
+        missing = sorted({n.where() for n in graph.ancestors([explained])
+                          if not self.backend.supports(n)})
+        if missing:
+            raise UnsupportedOpError(f"the {self.backend.name} backend cannot run these ops:\n  "
+                                     + "\n  ".join(missing))
+        plan = schedule(graph, explained, assignments, self.rules.mode, self.rules.key())
+        exe = self.backend.compile(plan, dtype, device, jit=self.jit)
+        compiled = Compiled(graph, plan, exe, report)
+        self._cache[key] = compiled
+        return compiled
+
+    # -- running ------------------------------------------------------------------------------
+    def __call__(self, *inputs: Any, target: Any = None, output: int | str = 0) -> Explanation:
+        arrays = self._check_inputs(inputs)
+        device = self.backend.default_device(list(inputs))
+        c = self.compiled(arrays, output, device)
+        feeds = {spec.name: (x if hasattr(x, "shape") and not isinstance(x, np.ndarray)
+                             and x.dtype == a.dtype else a)
+                 for spec, x, a in zip(self.source.inputs, inputs, arrays)}
+        feeds = {k: v for k, v in feeds.items() if k in {g.name for g in c.graph.inputs}}
+        chosen: dict[str, np.ndarray | None] = {}
+
+        def seed(y: Any) -> Any:
+            yn = self.backend.to_numpy(y)
+            start, chosen["target"] = start_relevance(yn, target, c.plan.explained.name)
+            return self.backend.from_numpy(start, like=y)
+
+        raw = c.executable.run(feeds, seed)
+        relevance = []
+        for spec, a in zip(self.source.inputs, arrays):
+            r = raw.relevance.get(spec.name)
+            dtype = a.dtype if a.dtype.kind == "f" else self._compute_dtype(arrays)
+            relevance.append(self.backend.to_numpy(r).reshape(a.shape) if r is not None
+                             else np.zeros(a.shape, dtype=dtype))
+        relevance = tuple(relevance)
+        start = self.backend.to_numpy(raw.start)
+        batch = start.shape[0] if start.ndim else 1
+        start_sum = start.reshape(batch, -1).sum(1, dtype=np.float64)
+        inputs_sum = sum((r.reshape(batch, -1).sum(1, dtype=np.float64) if r.size else 0
+                          for r in relevance), np.zeros(batch))
+        nodes = {a.node.name: a for a in c.plan.assignments}
+        ops = []
+        if c.plan.mode == "gradient":
+            ops.append(OpAmount("gradient-x-input", "(whole model)", "", "gradient-x-input",
+                                start_sum - inputs_sum))
+        for name, amount in raw.amounts:
+            a = nodes[name]
+            ops.append(OpAmount(name, a.node.op, a.node.provenance, a.rule.describe(),
+                                np.asarray(self.backend.to_numpy(amount), dtype=np.float64)))
+        ops = [o for o in ops if np.any(o.amount != 0)]
+        cons = Conservation(start_sum, inputs_sum, ops, raw.per_item_exact)
+        return Explanation(relevance, self.backend.to_numpy(raw.output), chosen.get("target"),
+                           cons, c.plan)
+
+
+def start_relevance(y: np.ndarray, target: Any, name: str = "output") -> tuple[np.ndarray, np.ndarray | None]:
+    """The start relevance for output ``y`` (batch first) and the chosen flat target per item."""
+    if y.ndim == 0:
+        y = y.reshape(1)
+    batch = y.shape[0]
+    flat = y.reshape(batch, -1)
+    n = flat.shape[1]
+    if target is not None and not np.isscalar(target) and np.asarray(target).dtype.kind == "f":
+        start = np.asarray(target, dtype=y.dtype)
+        if start.shape != y.shape:
+            raise InputError(f"a float target is the start relevance itself and must have the "
+                             f"output's shape {y.shape}, got {start.shape}")
+        return start, None
+    if target is None:
+        idx = flat.argmax(axis=1)
+    elif np.isscalar(target) or np.ndim(target) == 0:
+        idx = np.full(batch, int(target))
+    else:
+        idx = np.asarray(target)
+        if idx.dtype.kind not in "iu" or idx.shape != (batch,):
+            raise InputError(f"target must be None, an int, one int per batch item ({batch}), "
+                             f"or a float array of the output's shape {y.shape}; got {target!r}")
+    bad = [int(i) for i in idx if not 0 <= int(i) < n]
+    if bad:
+        raise InputError(f"target {bad[0]} is out of range for output '{name}' with {n} "
+                         f"entries per item (valid: 0..{n - 1})")
+    start = np.zeros_like(flat)
+    rows = np.arange(batch)
+    start[rows, idx] = flat[rows, idx]
+    return start.reshape(y.shape), idx.astype(np.int64)
+
+
+def compile(model: Any, *example_inputs: Any, rules: str | Rules = "epsilon",
+            backend: str | None = None, capture: str | None = None, jit: bool = False,
+            keep_softmax: bool = False) -> Explainer:
+    """Compile ``model`` for relevance; the example inputs build (and cache) the first plan."""
+    explainer = Explainer(model, rules, backend, capture, jit, keep_softmax)
+    if example_inputs:
+        arrays = explainer._check_inputs(example_inputs)
+        explainer.compiled(arrays, 0, explainer.backend.default_device(list(example_inputs)))
+    return explainer
+
+
+def explain(model: Any, *inputs: Any, target: Any = None, output: int | str = 0,
+            rules: str | Rules = "epsilon", backend: str | None = None, capture: str | None = None,
+            keep_softmax: bool = False) -> Explanation:
+    """Explain one batch: relevance for every model input, with a conservation report."""
+    explainer = Explainer(model, rules, backend, capture, False, keep_softmax)
+    return explainer(*inputs, target=target, output=output)

@@ -1,0 +1,35 @@
+"""The canonicalisation pass list: the same for every frontend, run before rules are assigned."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lrpir.fold import fold_constants, remove_identities
+from lrpir.fuse import fuse_affine
+from lrpir.ir import Graph
+from lrpir.roles import assign_roles
+
+
+@dataclass
+class CanonicalReport:
+    identities_removed: int = 0
+    folded: int = 0
+    fused: int = 0
+    dead_removed: int = 0
+
+    def __str__(self) -> str:
+        return (f"removed {self.identities_removed} identities, folded {self.folded} static ops, "
+                f"fused {self.fused} affine ops, dropped {self.dead_removed} dead ops")
+
+
+def canonicalize(graph: Graph) -> tuple[set[int], CanonicalReport]:
+    """Rewrite ``graph`` in place; returns the index values (ids traced to inputs) and a report."""
+    report = CanonicalReport()
+    report.identities_removed = remove_identities(graph)
+    report.folded = fold_constants(graph)
+    report.dead_removed = graph.remove_dead()
+    report.fused = fuse_affine(graph)
+    report.dead_removed += graph.remove_dead()
+    graph.topological_sort()
+    index_values = assign_roles(graph)
+    return index_values, report

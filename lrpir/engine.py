@@ -1,0 +1,108 @@
+"""The rule engine: finds the ops relevance flows through and gives each one a rule.
+
+An op on the relevance path with no rule is an error before anything runs, listing every such op
+with its provenance: nothing is ever passed through silently.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+from lrpir import traits as T
+from lrpir.errors import RuleError, UnsupportedOpError
+from lrpir.ir import Graph, Node, Value
+from lrpir.roles import carries_relevance, is_lookup
+from lrpir.rules.base import Rule
+from lrpir.rules.presets import Rules
+
+
+@dataclass
+class Assignment:
+    """One op's place in the relevance pass."""
+
+    node: Node
+    trait: str
+    rule: Rule
+    active: list[int]  # input positions that receive relevance
+    source: str = "preset"
+
+
+def _classify(node: Node, index_values: set[int]) -> tuple[str | None, list[int]]:
+    if is_lookup(node, index_values):
+        return T.LOOKUP, [1]
+    if T.is_index_reshape(node, index_values):
+        return T.INDEX, [0]
+    active = [i for i, v in enumerate(node.inputs) if carries_relevance(v)]
+    return T.trait_of(node, carries_relevance), active
+
+
+def relevance_path(graph: Graph, explained: Value, index_values: set[int]) -> list[tuple[Node, str | None, list[int]]]:
+    """Nodes whose outputs relevance reaches from ``explained``, in topological order."""
+    reach: set[int] = {id(explained)}
+    path = []
+    for node in reversed(graph.nodes):
+        if not any(id(v) in reach for v in node.outputs):
+            continue
+        trait, active = _classify(node, index_values)
+        path.append((node, trait, active))
+        reach.update(id(node.inputs[i]) for i in active)
+    path.reverse()
+    return path
+
+
+def _override_keys(graph: Graph, rules: Rules) -> None:
+    op_types = {n.op_type for n in graph.nodes}
+    provenances = [n.provenance for n in graph.nodes if n.provenance]
+    for key in rules.overrides:
+        if key in T.KNOWN_OPS or key in op_types:
+            continue
+        if any(fnmatch.fnmatchcase(p, key) for p in provenances):
+            continue
+        raise RuleError(f"override key {key!r} is neither an op type nor a provenance glob that "
+                        f"matches any op of this model; op types here: {', '.join(sorted(op_types))}")
+
+
+def _override_for(node: Node, rules: Rules, op_types: set[str]) -> tuple[str, Rule] | None:
+    hit = None
+    for key, rule in rules.overrides.items():
+        if key in T.KNOWN_OPS or key in op_types:
+            if node.op_type == key:
+                hit = (key, rule)
+        elif node.provenance and fnmatch.fnmatchcase(node.provenance, key):
+            hit = (key, rule)
+    return hit
+
+
+def assign_rules(graph: Graph, explained: Value, rules: Rules, index_values: set[int]) -> list[Assignment]:
+    """A rule for every op on the relevance path, in topological order."""
+    _override_keys(graph, rules)
+    op_types = {n.op_type for n in graph.nodes}
+    missing, wrong, out = [], [], []
+    for node, trait, active in relevance_path(graph, explained, index_values):
+        if trait is None:
+            roles = ", ".join(f"{v.name}:{v.role.value if v.role else '?'}" if v is not None else "∅"
+                              for v in node.inputs)
+            missing.append(f"{node.where()} with inputs ({roles})")
+            continue
+        rule, source = rules.table.get(trait), "preset"
+        hit = _override_for(node, rules, op_types)
+        if hit is not None:
+            source = f"override {hit[0]!r}"
+            rule = hit[1]
+            if trait not in rule.traits and rules.mode != "gradient":
+                wrong.append(f"{node.where()} is a {trait} op; rule {rule.name!r} (from override "
+                             f"{hit[0]!r}) takes only {', '.join(sorted(rule.traits))} ops")
+                continue
+        if rule is None:
+            missing.append(f"{node.where()} ({trait} op: preset {rules.preset.name!r} has no rule)")
+            continue
+        out.append(Assignment(node, trait, rule, active, source))
+    if wrong:
+        raise RuleError("rule overrides that ops cannot take:\n  " + "\n  ".join(wrong))
+    if missing:
+        raise UnsupportedOpError(
+            f"{len(missing)} op(s) on the relevance path have no LRP rule, so nothing was run:\n  "
+            + "\n  ".join(missing)
+            + "\nAdd a rule for them with lrpir.Rules(overrides={...}) or a rules plugin.")
+    return out

@@ -1,0 +1,112 @@
+"""One dispatch loop over a Plan, shared by every backend.
+
+A backend supplies a :class:`~lrpir.rules.base.RuleContext` (array ops, op forward, VJP) and the
+static values as its own arrays; this loop runs the forward steps, seeds the start relevance, runs
+the relevance steps and records, per batch item, what each op absorbed or created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lrpir.rules.base import safe_divide
+from lrpir.schedule import Plan
+
+Array = Any
+
+
+@dataclass
+class RawResult:
+    """What one run of a plan gives, still as backend arrays."""
+
+    output: Array
+    start: Array
+    relevance: dict[str, Array]
+    amounts: list[tuple[str, Array]] = field(default_factory=list)  # (node name, per-item amount)
+    per_item_exact: bool = True
+
+
+def _item_sums(ctx: Any, x: Array, batch: int) -> tuple[Array, bool]:
+    """Per-item sums (float64 where the backend has it) of a tensor whose leading axis is item-major."""
+    shape = ctx.xp.shape(x)
+    if shape and shape[0] % batch == 0 and shape[0] > 0:
+        return ctx.item_sums(x, batch), True
+    total = ctx.item_sums(ctx.xp.reshape(x, (1, -1)), 1)
+    return ctx.xp.reshape(total, (1,)) / batch + ctx.item_zeros(batch), False
+
+
+def run_plan(plan: Plan, ctx: Any, statics: dict[str, Array], inputs: dict[str, Array],
+             seed: Callable[[Array], Array], track: bool = True) -> RawResult:
+    env: dict[str, Array] = dict(inputs)
+
+    def get(v: Any) -> Array | None:
+        if v is None:
+            return None
+        if v.is_static:
+            return statics[v.name]
+        return env[v.name]
+
+    for step in plan.forward:
+        if step.kind == "forward":
+            outs = ctx.forward(step.node, [get(v) for v in step.node.inputs])
+            for v, o in zip(step.node.outputs, outs):
+                env[v.name] = o
+        else:
+            for v in step.values:
+                env.pop(v.name, None)
+
+    y = env[plan.explained.name]
+    start = seed(y)
+    batch = ctx.xp.shape(y)[0] if ctx.xp.shape(y) else 1
+    gradient = plan.mode == "gradient"
+    relevance: dict[str, Array] = {plan.explained.name: safe_divide(ctx.xp, start, y) if gradient else start}
+    amounts: list[tuple[str, Array]] = []
+    exact = True
+    for step in plan.backward:
+        if step.kind == "recompute":
+            outs = ctx.forward(step.node, [get(v) for v in step.node.inputs])
+            for v, o in zip(step.node.outputs, outs):
+                env[v.name] = o
+            continue
+        if step.kind == "free":
+            for v in step.values:
+                env.pop(v.name, None)
+            continue
+        a = step.assignment
+        node = a.node
+        r_out = [relevance.pop(v.name, None) for v in node.outputs]
+        if all(r is None for r in r_out):
+            continue
+        ins_needed, outs_needed = a.rule.needs(node, a.active)
+        inputs_ = [get(v) if (v is not None and (v.is_static or i in ins_needed
+                                                 or v.name in env)) else None
+                   for i, v in enumerate(node.inputs)]
+        outputs_ = [env.get(v.name) if j in outs_needed else None for j, v in enumerate(node.outputs)]
+        r_in = a.rule.apply(ctx, node, a.active, r_out, inputs_, outputs_)
+        if track and not gradient:
+            total = None
+            for r in r_out:
+                if r is not None:
+                    s, ok = _item_sums(ctx, r, batch)
+                    exact &= ok
+                    total = s if total is None else total + s
+            for i in a.active:
+                if r_in[i] is not None:
+                    s, ok = _item_sums(ctx, r_in[i], batch)
+                    exact &= ok
+                    total = total - s
+            amounts.append((node.name, total))
+        for i in a.active:
+            r = r_in[i]
+            if r is None:
+                continue
+            name = node.inputs[i].name
+            relevance[name] = relevance[name] + r if name in relevance else r
+    result = {}
+    for v in plan.graph.inputs:
+        if v.name in relevance:
+            r = relevance[v.name]
+            result[v.name] = r * env[v.name] if gradient and v.is_float else r
+    return RawResult(y, start, result, amounts, exact)

@@ -1,0 +1,89 @@
+"""Constant folding: anything computable from parameters and constants alone is computed once.
+
+This is what turns ``ConstantOfShape`` weights, ``Cast``·scale dequantisation and shape arithmetic
+into plain static values, so the rules see a MatMul with a weight, not a MatMul of two activations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx.reference import ReferenceEvaluator
+
+from lrpir.ir import Graph, Node, Role
+from lrpir.onnx_io import node_to_proto
+
+# Ops whose result is not a function of their inputs alone.
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                     "Bernoulli", "Multinomial"}
+# Ops that are identities at inference time.
+_IDENTITIES = {"Identity", "Dropout"}
+
+
+def _evaluate(node: Node) -> list[np.ndarray]:
+    feeds = {v.name: np.asarray(v.data) for v in node.inputs if v is not None}
+    evaluator = ReferenceEvaluator(node_to_proto(node))
+    return [np.asarray(r) for r in evaluator.run(None, feeds)]
+
+
+def _static_shape(node: Node) -> np.ndarray | None:
+    """``Shape``/``Size`` of a value whose shape is fully known, without running anything."""
+    x = node.inputs[0]
+    if x is None or x.shape is None or not all(isinstance(d, int) for d in x.shape):
+        return None
+    if node.op_type == "Size":
+        return np.asarray(int(np.prod(x.shape)), dtype=np.int64)
+    rank = len(x.shape)
+    start = node.attrs.get("start", 0)
+    end = node.attrs.get("end", rank)
+    start = max(0, min(rank, start + rank if start < 0 else start))
+    end = max(0, min(rank, end + rank if end < 0 else end))
+    return np.asarray(x.shape[start:end], dtype=np.int64)
+
+
+def remove_identities(graph: Graph) -> int:
+    """Drop Identity and inference-mode Dropout, rewiring their users."""
+    removed = 0
+    for node in list(graph.nodes):
+        if node.op_type not in _IDENTITIES or node.domain:
+            continue
+        if node.op_type == "Dropout" and len(node.inputs) > 2 and node.inputs[2] is not None:
+            mode = node.inputs[2].data
+            if mode is None or bool(np.asarray(mode)):
+                continue
+        src, out = node.inputs[0], node.outputs[0]
+        if out in graph.outputs and (src in graph.inputs or src.producer is None):
+            continue  # keep an output distinct from an input or a static value
+        if len(node.outputs) > 1 and node.outputs[1].users:
+            continue  # the dropout mask is used: leave the node to the backend
+        graph.remove_node(node)
+        graph.replace_uses(out, src)
+        removed += 1
+    return removed
+
+
+def fold_constants(graph: Graph) -> int:
+    """Evaluate every node whose inputs are all static; returns how many were folded."""
+    folded = 0
+    for node in list(graph.nodes):
+        if node.op_type in _NONDETERMINISTIC:
+            continue
+        result = None
+        if node.op_type in ("Shape", "Size") and not node.domain:
+            shape = _static_shape(node)
+            result = None if shape is None else [shape]
+        elif all(v is None or v.is_static for v in node.inputs) and node.inputs:
+            result = _evaluate(node)
+        if result is None:
+            continue
+        from_params = any(v is not None and v.role is Role.PARAMETER for v in node.inputs)
+        role = Role.PARAMETER if from_params else Role.CONSTANT
+        graph.remove_node(node)
+        for out, data in zip(node.outputs, result):
+            out.data = data
+            out.shape = data.shape
+            out.dtype = data.dtype
+            out.role = role
+            if not out.provenance:
+                out.provenance = node.provenance
+        folded += 1
+    return folded

@@ -1,0 +1,108 @@
+"""Frontends, backends and rule presets, found through entry points (the built-ins too).
+
+Entry-point groups: ``lrpir.frontends``, ``lrpir.backends``, ``lrpir.rules``. A plugin whose import
+fails is reported with a warning naming its distribution; it never breaks lrpir itself.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from lrpir.ir import Graph
+
+GROUPS = ("lrpir.frontends", "lrpir.backends", "lrpir.rules")
+
+
+@dataclass
+class InputSpec:
+    """One model input as the source declares it (``None`` or a string for a dynamic dimension)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple | None
+
+
+@dataclass
+class Source:
+    """A model a frontend has loaded and can lower for concrete input shapes."""
+
+    frontend: str
+    framework: str
+    inputs: list[InputSpec]
+    outputs: list[str]
+    payload: Any
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class Frontend(Protocol):
+    name: str
+
+    def accepts(self, model: Any) -> bool: ...
+
+    def load(self, model: Any) -> Source: ...
+
+    def lower(self, source: Source, shapes: list[tuple[int, ...]]) -> Graph: ...
+
+
+@dataclass
+class PluginInfo:
+    group: str
+    name: str
+    value: str
+    distribution: str
+    loaded: bool
+    error: str = ""
+
+
+_cache: dict[str, dict[str, Any]] = {}
+_info: list[PluginInfo] = []
+
+
+def _load_group(group: str) -> dict[str, Any]:
+    if group in _cache:
+        return _cache[group]
+    found: dict[str, Any] = {}
+    for ep in metadata.entry_points(group=group):
+        dist = ep.dist.name if ep.dist is not None else "?"
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plugin must not break lrpir
+            warnings.warn(f"lrpir plugin {ep.name!r} from distribution {dist!r} (group {group}) "
+                          f"failed to import and is skipped: {exc!r}", RuntimeWarning, stacklevel=2)
+            _info.append(PluginInfo(group, ep.name, ep.value, dist, False, repr(exc)))
+            continue
+        found.setdefault(ep.name, obj)
+        _info.append(PluginInfo(group, ep.name, ep.value, dist, True))
+    _cache[group] = found
+    return found
+
+
+def frontends() -> dict[str, Any]:
+    return _load_group("lrpir.frontends")
+
+
+def backends() -> dict[str, Any]:
+    return _load_group("lrpir.backends")
+
+
+def rule_presets() -> dict[str, Any]:
+    return _load_group("lrpir.rules")
+
+
+def all_plugins() -> list[PluginInfo]:
+    for g in GROUPS:
+        _load_group(g)
+    return list(_info)
+
+
+def reset() -> None:
+    """Forget what was loaded (tests install plugins at run time)."""
+    _cache.clear()
+    _info.clear()

@@ -1,0 +1,1 @@
+"""The rule library and its presets, written against the backend interface."""

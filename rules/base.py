@@ -1,0 +1,91 @@
+"""What a rule is, and the small backend interface every rule is written against.
+
+A rule never imports a framework: it receives arrays and a :class:`RuleContext` whose ``xp`` gives
+the few array functions rules need and whose ``vjp`` is the backend's own autodiff. The same rule
+object therefore runs on the torch backend and on any other backend that provides this interface.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from lrpir.ir import Node
+
+Array = Any
+
+
+class ArrayOps(Protocol):
+    """The array functions rules may call (a backend provides them)."""
+
+    def where(self, cond: Array, a: Array | float, b: Array | float) -> Array: ...
+
+    def zeros_like(self, x: Array) -> Array: ...
+
+    def sum(self, x: Array, axes: tuple[int, ...], keepdims: bool = False) -> Array: ...
+
+    def reshape(self, x: Array, shape: tuple[int, ...]) -> Array: ...
+
+    def shape(self, x: Array) -> tuple[int, ...]: ...
+
+    def clamp(self, x: Array, low: float | None = None, high: float | None = None) -> Array: ...
+
+
+class RuleContext(Protocol):
+    """What a backend hands a rule: array ops, the op's forward, and its VJP."""
+
+    xp: ArrayOps
+
+    def forward(self, node: Node, inputs: list[Array | None]) -> list[Array]: ...
+
+    def vjp(self, node: Node, inputs: list[Array | None], wrt: list[int],
+            cotangents: list[Array | None]) -> list[Array]: ...
+
+
+class Rule:
+    """Maps the relevance on an op's outputs to relevance on its active inputs.
+
+    ``traits`` says which ops the rule can take; ``needs`` declares the forward values it reads,
+    which is what the scheduler turns into promises (kept or recomputed).
+    """
+
+    name: str = "rule"
+    traits: frozenset[str] = frozenset()
+
+    def needs(self, node: Node, active: list[int]) -> tuple[set[int], set[int]]:
+        """(input indices, output indices) whose forward values ``apply`` reads."""
+        return set(active), set()
+
+    def apply(self, ctx: RuleContext, node: Node, active: list[int], relevance: list[Array | None],
+              inputs: list[Array | None], outputs: list[Array | None]) -> list[Array | None]:
+        """Relevance for every input position (``None`` where an input gets none)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.describe()})"
+
+
+def stabilize(xp: ArrayOps, z: Array, epsilon: float) -> Array:
+    """Zennit's stabiliser: ``z + ε·sign(z)`` with ``sign(0) = +1``."""
+    if epsilon == 0:
+        return z
+    return z + xp.where(z >= 0, epsilon, -epsilon)
+
+
+def safe_divide(xp: ArrayOps, num: Array, den: Array) -> Array:
+    """``num / den`` with ``0/0 := 0`` (and anything over 0 := 0), never NaN."""
+    zero = den == 0
+    return xp.where(zero, 0.0, num / xp.where(zero, 1.0, den))
+
+
+def sum_to_shape(xp: ArrayOps, x: Array, shape: tuple[int, ...]) -> Array:
+    """Undo numpy broadcasting: sum ``x`` down to ``shape``."""
+    xshape = xp.shape(x)
+    lead = len(xshape) - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape)
+                                      if d == 1 and xshape[lead + i] != 1)
+    if axes:
+        x = xp.sum(x, axes, keepdims=True)
+    return xp.reshape(x, tuple(shape))

@@ -1,0 +1,44 @@
+"""Shared fixtures: exporting small torch models to ONNX with either exporter."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import pytest
+
+
+def export_onnx(model, args, exporter: str = "legacy", input_names=None, output_names=None,
+                dynamic_batch: bool = True):
+    """Export ``model`` to an in-memory ``onnx.ModelProto`` with the legacy or the dynamo exporter."""
+    import onnx
+    import torch
+
+    args = args if isinstance(args, tuple) else (args,)
+    input_names = input_names or [f"in{i}" for i in range(len(args))]
+    output_names = output_names or ["out"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "legacy":
+            f = io.BytesIO()
+            axes = {n: {0: "batch"} for n in input_names + output_names} if dynamic_batch else None
+            torch.onnx.export(model, args, f, dynamo=False, input_names=input_names,
+                              output_names=output_names, dynamic_axes=axes, opset_version=17)
+            proto = onnx.load_from_string(f.getvalue())
+        else:
+            program = torch.onnx.export(model, args, dynamo=True, input_names=input_names,
+                                        output_names=output_names, verbose=False)
+            proto = program.model_proto
+    model.eval()
+    return proto
+
+
+@pytest.fixture(params=["legacy", "dynamo"])
+def exporter(request):
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def onnx_export():
+    """The :func:`export_onnx` helper (importlib mode keeps conftest out of ``import``)."""
+    return export_onnx

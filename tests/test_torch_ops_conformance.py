@@ -1,0 +1,223 @@
+"""Check backends/torch_ops.py against the ONNX operator conformance cases in the onnx wheel.
+
+Every single-node case whose op has a torch implementation runs through ``run_op`` and
+must match the reference outputs, unless it is listed in ``SKIPS`` with a reason.
+``LRPIR_TORCH_TEST_DEVICE=cuda`` runs the cases on a GPU instead of the CPU.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnx.backend.test.case.node")
+
+
+def _load_torch_ops():
+    try:
+        return importlib.import_module("lrpir.backends.torch_ops")
+    except ImportError:  # package not installed yet: load the file directly
+        path = Path(__file__).resolve().parents[1] / "backends" / "torch_ops.py"
+        spec = importlib.util.spec_from_file_location("_lrpir_torch_ops", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+
+torch_ops = _load_torch_ops()
+DEVICE = os.environ.get("LRPIR_TORCH_TEST_DEVICE", "cpu")
+
+# Conformance cases deliberately not supported: (regex on the case name, reason).
+SKIPS: list[tuple[str, str]] = [
+    # torch has no such dtypes (sub-byte ints/floats), or Cast to float8 is not mapped
+    (r"^test_cast(like)?_.*(FLOAT8|FLOAT4|INT4|UINT4|INT2|UINT2)", "float8/4-bit/2-bit dtypes"),
+    # torch's uint16/32/64 have almost no arithmetic kernels
+    (r"^test_(add|sub|div|mod|max|min|less|greater)\w*_uint(16|32|64)$", "torch uint16/32/64"),
+    # sequence / optional values are not tensors
+    (r"^test_identity_(sequence|opt)$", "sequence/optional types"),
+    (r"^test_equal_string", "string tensors"),
+    # opset-13 Split without 'split': the output count comes from the node, unknown to run_op
+    (r"^test_split_equal_parts_\w*_opset13$", "Split without split input or num_outputs"),
+    # random masks cannot match the reference (zero-ratio training cases do run)
+    (r"^test_training_dropout(_default)?(_mask)?$", "training-mode Dropout is random"),
+]
+
+# Cases whose reference outputs are less precise than the default rtol=1e-5, atol=1e-6.
+TOLERANCES: dict[str, tuple[float, float]] = {
+    # expected values are hard-coded with 4 decimals
+    "test_averagepool_2d_ceil_last_window_starts_on_pad": (1e-3, 1e-4),
+}
+
+NUMERIC_KINDS = "fc"
+
+
+def _skip_reason(name: str) -> str | None:
+    for pattern, reason in SKIPS:
+        if re.search(pattern, name):
+            return reason
+    return None
+
+
+def _op_key(node) -> tuple[str, str]:
+    return ("" if node.domain in ("", "ai.onnx") else node.domain, node.op_type)
+
+
+def _collect() -> list:
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cases = collect_testcases(None)
+    return [
+        c
+        for c in cases
+        if len(c.model.graph.node) == 1
+        and not c.name.endswith("_expanded")
+        and _op_key(c.model.graph.node[0]) in torch_ops.TORCH_OPS
+    ]
+
+
+CASES = _collect()
+
+# ops without any single-node conformance case in the onnx wheel
+NO_CASE = {
+    ("lrpir", "MatMulAdd"),  # custom lrpir domain (tested in test_matmul_add)
+}
+
+
+def _to_numpy(value):
+    if isinstance(value, onnx.TensorProto):
+        return onnx.numpy_helper.to_array(value)
+    return value
+
+
+def _to_torch(array):
+    if not isinstance(array, (np.ndarray, np.generic)):
+        raise TypeError(f"not a tensor: {type(array).__name__}")
+    array = np.asarray(array)
+    if array.dtype.name == "bfloat16":  # ml_dtypes
+        return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16).to(DEVICE)
+    return torch.from_numpy(np.array(array, copy=True)).to(DEVICE)
+
+
+def _attrs(node) -> dict:
+    """Attribute values normalised as the caller of run_op does."""
+    out = {}
+    for attr in node.attribute:
+        value = onnx.helper.get_attribute_value(attr)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8")
+        elif isinstance(value, onnx.TensorProto):
+            value = onnx.numpy_helper.to_array(value)
+        elif isinstance(value, list):
+            value = [v.decode("utf-8") if isinstance(v, bytes) else v for v in value]
+        out[attr.name] = value
+    return out
+
+
+def _check_output(name: str, got, expected, tolerance: tuple[float, float]) -> None:
+    expected = np.asarray(expected)
+    assert tuple(got.shape) == expected.shape, f"{name}: shape"
+    assert str(got.dtype).removeprefix("torch.") == expected.dtype.name, f"{name}: dtype"
+    if got.dtype == torch.bfloat16:
+        got, expected, tolerance = got.float(), expected.astype(np.float32), (1e-2, 1e-2)
+    elif got.dtype == torch.float16:
+        tolerance = (1e-3, 1e-3)
+    actual = got.detach().cpu().numpy()
+    if expected.dtype.kind in NUMERIC_KINDS:
+        rtol, atol = tolerance
+        np.testing.assert_allclose(
+            actual, expected, rtol=rtol, atol=atol, equal_nan=True, err_msg=name
+        )
+    else:
+        np.testing.assert_array_equal(actual, expected, err_msg=name)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_conformance(case) -> None:
+    reason = _skip_reason(case.name)
+    if reason:
+        pytest.skip(reason)
+    graph = case.model.graph
+    node = graph.node[0]
+    attrs = _attrs(node)
+    for inputs, outputs in case.data_sets:
+        by_name = {vi.name: _to_torch(_to_numpy(v)) for vi, v in zip(graph.input, inputs)}
+        args = [by_name[n] if n else None for n in node.input]
+        results = torch_ops.run_op(*_op_key(node), args, attrs)
+        assert isinstance(results, tuple)
+        assert len(results) >= len(outputs)
+        for i, (got, expected) in enumerate(zip(results, outputs)):
+            tolerance = TOLERANCES.get(case.name, (1e-5, 1e-6))
+            _check_output(f"{case.name} output {i}", got, _to_numpy(expected), tolerance)
+
+
+def test_every_op_has_a_conformance_case() -> None:
+    """Each implemented op is exercised by at least one (non-skipped) case above."""
+    covered = {_op_key(c.model.graph.node[0]) for c in CASES if not _skip_reason(c.name)}
+    missing = set(torch_ops.TORCH_OPS) - covered - NO_CASE
+    assert not missing, f"ops without a conformance case: {sorted(missing)}"
+    assert not NO_CASE & covered, "NO_CASE lists ops that now have cases"
+
+
+def test_unknown_op_raises() -> None:
+    with pytest.raises(NotImplementedError, match="no torch implementation of op 'x::Nope'"):
+        torch_ops.run_op("x", "Nope", [], {})
+
+
+def test_matmul_add() -> None:
+    a, b, c = torch.randn(2, 3, 4), torch.randn(4, 5), torch.randn(5)
+    (y,) = torch_ops.run_op("lrpir", "MatMulAdd", [a, b, c], {})
+    torch.testing.assert_close(y, a @ b + c)
+
+
+def _rand(*shape):
+    return torch.randn(*shape, dtype=torch.float64, device=DEVICE, requires_grad=True)
+
+
+GRAD_CASES = {
+    "Conv": (
+        lambda: [_rand(1, 2, 5, 5), _rand(3, 2, 3, 3), _rand(3)],
+        {"pads": [1, 0, 1, 2], "strides": [2, 1]},
+    ),
+    "Gemm": (lambda: [_rand(3, 4), _rand(5, 4), _rand(5)], {"transB": 1, "alpha": 0.5}),
+    "MaxPool": (lambda: [_rand(1, 2, 5, 5)], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
+    "AveragePool": (
+        lambda: [_rand(1, 2, 5, 5)],
+        {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1},
+    ),
+    "Softmax": (lambda: [_rand(2, 5)], {"axis": 1}),
+    "LayerNormalization": (lambda: [_rand(2, 3, 4), _rand(4), _rand(4)], {}),
+    "Resize": (
+        lambda: [_rand(1, 1, 3, 4), None, torch.tensor([1.0, 1.0, 2.0, 1.5], device=DEVICE)],
+        {"mode": "linear"},
+    ),
+}
+
+
+@pytest.mark.parametrize("op_type", sorted(GRAD_CASES))
+def test_float64_and_gradients(op_type: str) -> None:
+    make_inputs, attrs = GRAD_CASES[op_type]
+    inputs = make_inputs()
+    y = torch_ops.run_op("", op_type, inputs, attrs)[0]
+    assert y.dtype == torch.float64
+    assert y.device == inputs[0].device
+    wrt = [t for t in inputs if t is not None and t.requires_grad]
+    grads = torch.autograd.grad(y.sum(), wrt)
+    assert all(g is not None and g.dtype == torch.float64 and torch.isfinite(g).all() for g in grads)
+
+    def fn(*xs):
+        it = iter(xs)
+        args = [next(it) if t is not None and t.requires_grad else t for t in inputs]
+        return torch_ops.run_op("", op_type, args, attrs)[0]
+
+    assert torch.autograd.gradcheck(fn, tuple(t.detach().requires_grad_() for t in wrt))
