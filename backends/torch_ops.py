@@ -406,12 +406,12 @@ def _pool_geometry(x: Tensor, attrs: dict) -> tuple[list[int], list[int], list[i
 
 
 def _window_sum(x: Tensor, kernel: list[int], strides: list[int], dilations: list[int]) -> Tensor:
-    """Sum over each (dilated) pooling window, as a depthwise conv with a ones kernel."""
-    n, c = x.shape[0], x.shape[1]
-    ones = torch.ones((1, 1, *kernel), dtype=x.dtype, device=x.device)
-    conv = (F.conv1d, F.conv2d, F.conv3d)[len(kernel) - 1]
-    y = conv(x.reshape(n * c, 1, *x.shape[2:]), ones, None, strides, 0, dilations)
-    return y.reshape(n, c, *y.shape[2:])
+    """Sum over each (dilated) pooling window of the spatial dims (exact: no conv/TF32)."""
+    n = len(kernel)
+    for i in range(n):
+        span = (kernel[i] - 1) * dilations[i] + 1
+        x = x.unfold(2 + i, span, strides[i])[..., :: dilations[i]]
+    return x.sum(dim=tuple(range(-n, 0)))
 
 
 def _max_pool(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
@@ -420,11 +420,12 @@ def _max_pool(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     x = inputs[0]
     kernel, strides, dilations, pairs, extra = _pool_geometry(x, attrs)
     n = len(kernel)
-    fill = -math.inf if x.is_floating_point() else torch.iinfo(x.dtype).min
     full = [(b, e + ex) for (b, e), ex in zip(pairs, extra)]
-    padded = F.pad(x, _torch_pad(full), value=fill)
+    work = x if x.is_floating_point() else x.to(torch.float64)  # no int kernels on CUDA
+    padded = F.pad(work, _torch_pad(full), value=-math.inf)
     pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[n - 1]
     y, idx = pool(padded, kernel, strides, 0, dilations, return_indices=True)
+    y = y.to(x.dtype)
     # index in the padded plane -> coordinates in the input -> flat index
     padded_shape, in_shape = padded.shape[2:], x.shape[2:]
     coords, rest = [], idx

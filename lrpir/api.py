@@ -18,6 +18,7 @@ from lrpir.schedule import Plan, schedule
 
 _DEFAULT_BACKEND = {"onnx": "torch", "torch": "torch", "jax": "jax"}
 _SOFTMAX = {"Softmax", "LogSoftmax"}
+_ORDER_KEEPING = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}  # reshapes: flat order kept
 
 
 @dataclass
@@ -117,8 +118,8 @@ class Explainer:
                         raise InputError(f"{label} has shape {a.shape} but the model expects "
                                          f"{tuple(spec.shape)} (dimension {d} must be {exp})")
             if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-                bad = np.argwhere(~np.isfinite(a))[0]
-                raise InputError(f"{label} contains NaN or infinity (first at index {tuple(bad)})")
+                bad = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
+                raise InputError(f"{label} contains NaN or infinity (first at index {bad})")
             if want.kind in "iu" and a.dtype != want:
                 a = a.astype(want)
             arrays.append(a)
@@ -141,9 +142,16 @@ class Explainer:
                 raise InputError(f"output {output} is out of range: the model has {len(names)} "
                                  f"output(s) {names}")
         v = graph.outputs[k]
-        while (not self.keep_softmax and v.producer is not None
-               and v.producer.op_type in _SOFTMAX and not v.producer.domain):
-            v = v.producer.inputs[0]
+        while not self.keep_softmax:
+            # A softmax over a flattened view (how opsets < 13 are upgraded: Flatten, Softmax,
+            # Reshape back) is still the trailing softmax: skip the reshapes above it too.
+            u = v
+            while (u.producer is not None and u.producer.op_type in _ORDER_KEEPING
+                   and not u.producer.domain):
+                u = u.producer.inputs[0]
+            if u.producer is None or u.producer.op_type not in _SOFTMAX or u.producer.domain:
+                break
+            v = u.producer.inputs[0]
         if v.is_static or not v.is_activation:
             raise InputError(f"output {names[k]!r} does not depend on any float input, "
                              "so it has no relevance to explain")
@@ -151,6 +159,8 @@ class Explainer:
 
     def compiled(self, arrays: list[np.ndarray], output: int | str = 0, device: Any = None) -> Compiled:
         dtype = self._compute_dtype(arrays)
+        if device is None:
+            device = self.backend.default_device(list(arrays))
         key = (tuple(a.shape for a in arrays), tuple(a.dtype.str for a in arrays), output,
                str(device), dtype.str)
         if key in self._cache:
