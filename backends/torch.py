@@ -61,6 +61,10 @@ class TorchContext:
         return list(outs[: len(node.outputs)])
 
     def vjp(self, node: Node, inputs: list, wrt: list[int], cotangents: list) -> list:
+        if wrt == [0] and len(cotangents) == 1 and cotangents[0] is not None:
+            fast = _linear_input_vjp(node, inputs, cotangents[0])
+            if fast is not None:
+                return [fast]
         with torch.enable_grad():
             xs = list(inputs)
             for i in wrt:
@@ -79,6 +83,31 @@ class TorchContext:
 
     def item_zeros(self, batch: int):
         return torch.zeros(batch, dtype=torch.float64, device=self.device)
+
+
+def _linear_input_vjp(node: Node, inputs: list, cot: torch.Tensor) -> torch.Tensor | None:
+    """The input VJP of Conv / Gemm / MatMul with a static weight, without re-running the forward."""
+    if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain:
+        return None
+    if node.inputs[1] is None or not node.inputs[1].is_static:
+        return None
+    x, w = inputs[0], inputs[1]
+    if node.op_type == "Conv":
+        a = node.attrs
+        nd = x.dim() - 2
+        pads = a.get("pads", [0] * 2 * nd)
+        if a.get("auto_pad", "NOTSET") != "NOTSET" or pads[:nd] != pads[nd:] or nd not in (1, 2, 3):
+            return None
+        grad = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input,
+                3: torch.nn.grad.conv3d_input}[nd]
+        return grad(x.shape, w, cot, a.get("strides", [1] * nd), pads[:nd],
+                    a.get("dilations", [1] * nd), a.get("group", 1))
+    if node.op_type == "Gemm" and not node.attrs.get("transA", 0):
+        wt = w if node.attrs.get("transB", 0) else w.t()
+        return node.attrs.get("alpha", 1.0) * (cot @ wt)
+    if node.op_type == "MatMul" and w.dim() == 2 and x.dim() >= 2:
+        return cot @ w.t()
+    return None
 
 
 def _tensor(x: Any, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:

@@ -98,9 +98,13 @@ def _spatial_pads(
         pairs = []
         for i in range(n):
             out = -(-in_shape[i] // strides[i])
-            total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - in_shape[i])
+            total = max(
+                0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - in_shape[i]
+            )
             small = total // 2
-            pairs.append((small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small))
+            pairs.append(
+                (small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small)
+            )
         return pairs
     if auto_pad == "VALID":
         return [(0, 0)] * n
@@ -281,7 +285,10 @@ def _conv_transpose(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     dilations = attrs.get("dilations", [1] * n)
     out_pad = attrs.get("output_padding", [0] * n)
     auto_pad = attrs.get("auto_pad", "NOTSET")
-    full = [strides[i] * (x.shape[i + 2] - 1) + (w.shape[i + 2] - 1) * dilations[i] + 1 for i in range(n)]
+    full = [
+        strides[i] * (x.shape[i + 2] - 1) + (w.shape[i + 2] - 1) * dilations[i] + 1
+        for i in range(n)
+    ]
     out_shape = attrs.get("output_shape")
     if out_shape is None and auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         out_shape = [x.shape[i + 2] * strides[i] for i in range(n)]
@@ -323,7 +330,11 @@ def _batch_norm(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     momentum = attrs.get("momentum", 0.9)
     y = (x - batch_mean.reshape(shape)) / torch.sqrt(batch_var.reshape(shape) + eps)
     y = y * scale.reshape(shape) + bias.reshape(shape)
-    return (y, mean * momentum + batch_mean * (1 - momentum), var * momentum + batch_var * (1 - momentum))
+    return (
+        y,
+        mean * momentum + batch_mean * (1 - momentum),
+        var * momentum + batch_var * (1 - momentum),
+    )
 
 
 def _instance_norm(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
@@ -384,7 +395,9 @@ def _lrn(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
 # --------------------------------------------------------------------------- pooling
 
 
-def _pool_geometry(x: Tensor, attrs: dict) -> tuple[list[int], list[int], list[int], list[tuple[int, int]], list[int]]:
+def _pool_geometry(
+    x: Tensor, attrs: dict
+) -> tuple[list[int], list[int], list[int], list[tuple[int, int]], list[int]]:
     """kernel, strides, dilations, explicit (begin, end) pads and the extra end
     padding that ceil_mode needs so that every output window fits."""
     n = x.dim() - 2
@@ -401,7 +414,9 @@ def _pool_geometry(x: Tensor, attrs: dict) -> tuple[list[int], list[int], list[i
         out = (-(-span // strides[i]) if ceil_mode else span // strides[i]) + 1
         if ceil_mode and (out - 1) * strides[i] >= in_shape[i] + pairs[i][0]:
             out -= 1  # the last window must start inside the input or the left pad
-        extra.append(max(0, (out - 1) * strides[i] + window - (in_shape[i] + pairs[i][0] + pairs[i][1])))
+        extra.append(
+            max(0, (out - 1) * strides[i] + window - (in_shape[i] + pairs[i][0] + pairs[i][1]))
+        )
     return kernel, strides, dilations, pairs, extra
 
 
@@ -438,7 +453,9 @@ def _max_pool(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     for d in range(n) if col_major else reversed(range(n)):
         flat = flat + coords[d] * step
         step *= in_shape[d]
-    plane = torch.arange(x.shape[0] * x.shape[1], device=x.device).reshape(x.shape[0], x.shape[1], *[1] * n)
+    plane = torch.arange(x.shape[0] * x.shape[1], device=x.device).reshape(
+        x.shape[0], x.shape[1], *[1] * n
+    )
     return (y, flat + plane * math.prod(in_shape))
 
 
@@ -451,7 +468,9 @@ def _avg_pool(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     total = _window_sum(F.pad(x, _torch_pad(full)), kernel, strides, dilations)
     mask = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
     if attrs.get("count_include_pad", 0):
-        mask = F.pad(F.pad(mask, _torch_pad(pairs), value=1.0), _torch_pad([(0, ex) for ex in extra]))
+        mask = F.pad(
+            F.pad(mask, _torch_pad(pairs), value=1.0), _torch_pad([(0, ex) for ex in extra])
+        )
     else:
         mask = F.pad(mask, _torch_pad(full))
     return (total / _window_sum(mask, kernel, strides, dilations),)
@@ -802,7 +821,7 @@ _REDUCTIONS: dict[str, Callable[[Tensor, list[int], bool], Tensor]] = {
     "ReduceMin": _amax_or_amin(False),
     "ReduceProd": _prod,
     "ReduceL1": lambda x, d, k: x.abs().sum(d, keepdim=k),
-    "ReduceL2": lambda x, d, k: torch.sqrt((x * x).sum(d, keepdim=k)),
+    "ReduceL2": lambda x, d, k: torch.linalg.vector_norm(x, 2, dim=d, keepdim=k),  # grad 0 at 0
     "ReduceSumSquare": lambda x, d, k: (x * x).sum(d, keepdim=k),
     "ReduceLogSum": lambda x, d, k: torch.log(x.sum(d, keepdim=k)),
     "ReduceLogSumExp": lambda x, d, k: torch.logsumexp(x, d, keepdim=k),
@@ -903,7 +922,9 @@ def _resize_coeffs(ratio: np.ndarray, scale: float, attrs: dict) -> np.ndarray:
     raise NotImplementedError(f"Resize mode {mode!r}")
 
 
-def _resize_axis(x: Tensor, axis: int, scale: float, out_n: int, roi: tuple[float, float], attrs: dict) -> Tensor:
+def _resize_axis(
+    x: Tensor, axis: int, scale: float, out_n: int, roi: tuple[float, float], attrs: dict
+) -> Tensor:
     """Separable 1-D resize along ``axis`` (a port of the ONNX reference)."""
     in_n = x.shape[axis]
     ctm = attrs.get("coordinate_transformation_mode", "half_pixel")
@@ -934,7 +955,10 @@ def _resize_axis(x: Tensor, axis: int, scale: float, out_n: int, roi: tuple[floa
     else:
         w = torch.as_tensor(coeffs, dtype=x.dtype, device=x.device)
         idx = torch.as_tensor(neighbours, device=x.device)
-        y = reduce(torch.add, [x.index_select(axis, idx[:, t]) * w[:, t].reshape(shape) for t in range(taps)])
+        y = reduce(
+            torch.add,
+            [x.index_select(axis, idx[:, t]) * w[:, t].reshape(shape) for t in range(taps)],
+        )
     if outside is not None and outside.any():
         mask = torch.as_tensor(outside, device=x.device).reshape(shape)
         y = torch.where(mask, torch.full_like(y, attrs.get("extrapolation_value", 0.0)), y)
@@ -985,8 +1009,12 @@ def _constant(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     """Created on torch's default device (there is no input to take it from)."""
     if "value" in attrs:
         return (_from_numpy(attrs["value"]).to(torch.get_default_device()),)
-    for key, dtype in (("value_float", torch.float32), ("value_floats", torch.float32),
-                       ("value_int", torch.int64), ("value_ints", torch.int64)):
+    for key, dtype in (
+        ("value_float", torch.float32),
+        ("value_floats", torch.float32),
+        ("value_int", torch.int64),
+        ("value_ints", torch.int64),
+    ):
         if key in attrs:
             return (torch.tensor(attrs[key], dtype=dtype),)
     raise NotImplementedError(f"Constant with attributes {sorted(attrs)}")

@@ -7,6 +7,7 @@ range) prints ``lrpir: error: <message>`` and exits with status 2, never a trace
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 import zipfile
@@ -95,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=fmt, epilog=_DEMO_EPILOG)
     d.add_argument("--out-dir", metavar="DIR", help="where to write lrpir-demo.png (default: .)")
     d.add_argument("--cache-dir", metavar="DIR",
-                   help="where the exported model is kept (default: $LRPIR_CACHE or ~/.cache/lrpir)")
+                   help="where the exported model is kept "
+                        "(default: $LRPIR_CACHE or ~/.cache/lrpir)")
 
     e = sub.add_parser("explain", help="relevance of a model's inputs for one batch",
                        formatter_class=fmt, epilog=_EXPLAIN_EPILOG)
@@ -184,7 +186,8 @@ def _read_array(path: Path, name: str) -> np.ndarray:
                 return np.asarray(z[name] if name in keys else z[keys[0]])
         return np.asarray(np.load(path, allow_pickle=False))
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise InputError(f"could not read '{path}' as a numpy {suffix or '.npy'} file: {exc}") from exc
+        raise InputError(f"could not read '{path}' as a numpy {suffix or '.npy'} file: "
+                         f"{exc}") from exc
 
 
 def _read_image(path: Path, shape: tuple | None) -> np.ndarray:
@@ -230,7 +233,8 @@ def _read_inputs(specs: list, given: list[str]) -> list[np.ndarray]:
                 raise InputError(f"input '{key}' is given twice")
             named[key] = Path(rest)
         elif sep and not Path(arg).exists() and key and "/" not in key and "\\" not in key:
-            raise InputError(f"the model has no input named {key!r}; its inputs: {', '.join(names)}")
+            raise InputError(f"the model has no input named {key!r}; "
+                             f"its inputs: {', '.join(names)}")
         else:
             positional.append(Path(arg))
     free = [s for s in specs if s.name not in named]
@@ -286,8 +290,11 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
         k = next((j for j, a in enumerate(arrays) if a.dtype.kind == "f"), 0)
         image = arrays[k] if arrays[k].ndim == 4 else None
-        save_heatmap(args.heatmap, exp.relevance[k], image=image,
-                     title=f"{Path(args.model).name}: target {payload['target'].tolist()}")
+        try:
+            save_heatmap(args.heatmap, exp.relevance[k], image=image,
+                         title=f"{Path(args.model).name}: target {payload['target'].tolist()}")
+        except ImportError as exc:  # pillow is optional
+            raise InputError(str(exc)) from None
         print(f"heatmap written to {args.heatmap}")
     return 0
 
@@ -400,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return _COMMANDS[args.command](args)
+    except BrokenPipeError:  # `lrpir inspect m.onnx | head`: stop quietly, as Python's docs advise
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except (LrpirError, OSError) as exc:
         print(f"lrpir: error: {exc}", file=sys.stderr)
         return 2

