@@ -8,6 +8,7 @@ from lrpir.fold import fold_constants, remove_identities
 from lrpir.fuse import fuse_affine
 from lrpir.ir import Graph
 from lrpir.roles import assign_roles
+from lrpir.shapes import refresh_shapes
 
 
 @dataclass
@@ -28,6 +29,7 @@ def canonicalize(graph: Graph) -> tuple[set[int], CanonicalReport]:
     report.identities_removed = remove_identities(graph)
     report.folded = fold_constants(graph)
     report.dead_removed = graph.remove_dead()
+    refresh_shapes(graph)
     report.fused = fuse_affine(graph)
     report.dead_removed += graph.remove_dead()
     graph.topological_sort()
