@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from lrpir.backends.torch_ops import TORCH_OPS, run_op
+from lrpir.backends.torch_ops import TORCH_OPS, max_pool_values, run_op
 
+from lrpir.errors import InputError
 from lrpir.execute import RawResult, run_plan
 from lrpir.ir import Node
 from lrpir.schedule import Plan
@@ -57,6 +58,8 @@ class TorchContext:
         if node.op_type == "Cast" and not node.domain and attrs.get("to") in _FLOAT_CASTS \
                 and inputs[0] is not None and inputs[0].is_floating_point():
             return [inputs[0].to(self.dtype)]  # float-to-float casts follow the compute dtype
+        if node.op_type == "MaxPool" and not node.domain and len(node.outputs) == 1:
+            return list(max_pool_values(inputs[0], attrs))  # skip the Indices bookkeeping
         outs = run_op(node.domain, node.op_type, inputs, attrs)
         return list(outs[: len(node.outputs)])
 
@@ -79,7 +82,10 @@ class TorchContext:
         return [g if g is not None else torch.zeros_like(inputs[i]) for g, i in zip(grads, wrt)]
 
     def item_sums(self, x, batch: int):
-        return x.reshape(batch, -1).sum(dim=1, dtype=torch.float64)
+        return x.reshape(batch, -1).sum(dim=1).to(torch.float64)
+
+    def stack(self, arrays: list):
+        return torch.stack(arrays)
 
     def item_zeros(self, batch: int):
         return torch.zeros(batch, dtype=torch.float64, device=self.device)
@@ -150,6 +156,9 @@ class TorchBackend:
         return torch.device("cpu")
 
     def compile(self, plan: Plan, dtype: np.dtype, device: Any = None, jit: bool = False) -> TorchExecutable:
+        if jit:
+            raise InputError("jit=True: the torch backend runs plans eagerly and has no compiled "
+                             "mode yet; pass jit=False")
         tdtype = {np.dtype("float64"): torch.float64, np.dtype("float32"): torch.float32,
                   np.dtype("float16"): torch.float16}.get(np.dtype(dtype), torch.float32)
         return TorchExecutable(plan, tdtype, torch.device(device or "cpu"))

@@ -429,18 +429,26 @@ def _window_sum(x: Tensor, kernel: list[int], strides: list[int], dilations: lis
     return x.sum(dim=tuple(range(-n, 0)))
 
 
-def _max_pool(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
-    """Returns (Y, Indices); Indices are flat over N*C*spatial of the unpadded input,
-    row-major (storage_order=0) or column-major within each plane (storage_order=1)."""
-    x = inputs[0]
+def max_pool_values(x: Tensor, attrs: dict, indices: bool = False) -> tuple[Tensor, ...]:
+    """MaxPool's Y alone (no index bookkeeping), or (Y, padded-plane indices, geometry)."""
     kernel, strides, dilations, pairs, extra = _pool_geometry(x, attrs)
     n = len(kernel)
     full = [(b, e + ex) for (b, e), ex in zip(pairs, extra)]
     work = x if x.is_floating_point() else x.to(torch.float64)  # no int kernels on CUDA
     padded = F.pad(work, _torch_pad(full), value=-math.inf)
     pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[n - 1]
+    if not indices:
+        return (pool(padded, kernel, strides, 0, dilations).to(x.dtype),)
     y, idx = pool(padded, kernel, strides, 0, dilations, return_indices=True)
-    y = y.to(x.dtype)
+    return y.to(x.dtype), idx, padded, full
+
+
+def _max_pool(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
+    """Returns (Y, Indices); Indices are flat over N*C*spatial of the unpadded input,
+    row-major (storage_order=0) or column-major within each plane (storage_order=1)."""
+    x = inputs[0]
+    y, idx, padded, full = max_pool_values(x, attrs, indices=True)
+    n = x.dim() - 2
     # index in the padded plane -> coordinates in the input -> flat index
     padded_shape, in_shape = padded.shape[2:], x.shape[2:]
     coords, rest = [], idx

@@ -17,8 +17,8 @@ from onnx import external_data_helper, helper, numpy_helper, shape_inference
 
 from lrpir import provenance as prov
 from lrpir.errors import ModelLoadError, UnsupportedOpError
-from lrpir.ir import Graph, Node, Role, Value
-from lrpir.onnx_io import OPSET, attrs_from_proto
+from lrpir.ir import Graph, Role, Value
+from lrpir.onnx_io import OPSET, add_onnx_nodes, value_infos
 from lrpir.plugins import InputSpec, Source
 
 _CONTROL_FLOW = {"If", "Loop", "Scan", "SequenceMap"}
@@ -160,18 +160,6 @@ def _with_input_shapes(proto: onnx.ModelProto, shapes: list[tuple[int, ...]]) ->
         return model
 
 
-def _shape_of(vi: onnx.ValueInfoProto) -> tuple | None:
-    t = vi.type.tensor_type
-    if not t.HasField("shape"):
-        return None
-    return tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
-
-
-def _dtype_of(vi: onnx.ValueInfoProto) -> np.dtype | None:
-    elem = vi.type.tensor_type.elem_type
-    return helper.tensor_dtype_to_np_dtype(elem) if elem else None
-
-
 def node_provenance(node: onnx.NodeProto) -> str:
     meta = {p.key: p.value for p in node.metadata_props}
     if "pkg.torch.onnx.name_scopes" in meta:
@@ -184,57 +172,28 @@ def node_provenance(node: onnx.NodeProto) -> str:
 def lower(proto: onnx.ModelProto, shapes: list[tuple[int, ...]], where: str = "model") -> Graph:
     model = _with_input_shapes(proto, shapes)
     g = model.graph
-    infos = {vi.name: vi for vi in [*g.input, *g.value_info, *g.output]}
     graph = Graph(g.name or "model")
     unsupported = [f"{n.op_type} node '{n.name}'" for n in g.node
-                   if n.op_type in _CONTROL_FLOW or n.domain not in ("", "ai.onnx")]
+                   if n.op_type in _CONTROL_FLOW - {"If"} or n.domain not in ("", "ai.onnx")]
     if unsupported:
         raise UnsupportedOpError(
-            f"{where} contains ops lrpir cannot lower: {', '.join(unsupported)}. Control flow "
-            "(If/Loop/Scan) and custom domains are not supported; export without them.")
-
-    def value_for(name: str) -> Value:
-        if name in graph.values:
-            return graph.values[name]
-        vi = infos.get(name)
-        return graph.add_value(Value(name, _shape_of(vi) if vi else None, _dtype_of(vi) if vi else None))
-
-    init = {}
+            f"{where} contains ops lrpir cannot lower: {', '.join(unsupported)}. Loops, scans "
+            "and custom domains are not supported; export without them.")
     for t in g.initializer:
         data = numpy_helper.to_array(t)
-        init[t.name] = graph.add_value(Value(t.name, data.shape, data.dtype, Role.PARAMETER, data,
-                                             prov.from_parameter_name(t.name)))
+        graph.add_value(Value(t.name, data.shape, data.dtype, Role.PARAMETER, data,
+                              prov.from_parameter_name(t.name)))
+    infos = value_infos(g)
     for vi in g.input:
-        if vi.name in init:
+        if vi.name in graph.values:
             continue
-        v = value_for(vi.name)
+        v = graph.add_value(Value(vi.name, *infos[vi.name]))
         v.role = Role.INPUT
         graph.inputs.append(v)
-    for n in g.node:
-        attrs = attrs_from_proto(n)
-        where_n = node_provenance(n)
-        if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
-            data = _constant_data(attrs, n)
-            v = graph.add_value(Value(n.output[0], data.shape, data.dtype, Role.CONSTANT, data, where_n))
-            continue
-        ins = [value_for(i) if i else None for i in n.input]
-        outs = [value_for(o) if o else graph.new_value(f"{n.name}_unused") for o in n.output]
-        graph.add_node(Node(n.op_type, ins, outs, attrs, n.name, "", where_n))
-    graph.outputs = [value_for(o.name) for o in g.output]
+    add_onnx_nodes(graph, g.node, infos, node_provenance)
+    graph.outputs = [graph.values[o.name] for o in g.output]
     for v in graph.values.values():
         if v.role is Role.PARAMETER and not v.provenance:
             v.provenance = next((u.provenance for u in v.users if u.provenance), "")
     graph.topological_sort()
     return graph
-
-
-def _constant_data(attrs: dict, node: onnx.NodeProto) -> np.ndarray:
-    if "value" in attrs:
-        return np.asarray(attrs["value"])
-    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
-                       ("value_int", np.int64), ("value_ints", np.int64)):
-        if key in attrs:
-            return np.asarray(attrs[key], dtype=dtype)
-    raise UnsupportedOpError(f"Constant node '{node.name}' uses an unsupported attribute "
-                             f"{sorted(attrs)}: only tensor, float(s) and int(s) values are supported")
-

@@ -46,12 +46,38 @@ class Compiled:
     report: CanonicalReport
 
 
-def _to_numpy(x: Any) -> np.ndarray:
-    if isinstance(x, np.ndarray):
-        return x
-    if hasattr(x, "detach"):  # torch
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
+@dataclass
+class ArrayInput:
+    """One checked input: the caller's array (never copied to the host), its shape and dtype."""
+
+    value: Any
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def nonfinite_index(self) -> tuple[int, ...] | None:
+        """Where the first NaN/inf is, checked on the array's own device."""
+        x = self.value
+        if hasattr(x, "detach"):  # torch: stay on the device, sync once
+            import torch
+
+            if bool(torch.isfinite(x).all()):
+                return None
+            return tuple(int(i) for i in torch.nonzero(~torch.isfinite(x))[0].tolist())
+        if np.all(np.isfinite(x)):
+            return None
+        return tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
+
+
+def _as_input(x: Any) -> ArrayInput:
+    if hasattr(x, "detach") and hasattr(x, "dtype"):  # a torch tensor
+        name = str(x.dtype).removeprefix("torch.")
+        return ArrayInput(x.detach(), tuple(x.shape), np.dtype("float32" if name == "bfloat16" else name))
+    a = np.asarray(x)
+    return ArrayInput(a, a.shape, a.dtype)
+
+
+def _host(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
 def _pick_frontend(model: Any, capture: str | None) -> Any:
@@ -93,14 +119,14 @@ class Explainer:
         self._cache: dict[tuple, Compiled] = {}
 
     # -- inputs -------------------------------------------------------------------------------
-    def _check_inputs(self, inputs: tuple) -> list[np.ndarray]:
+    def _check_inputs(self, inputs: tuple) -> list[ArrayInput]:
         specs = self.source.inputs
         if len(inputs) != len(specs):
             names = ", ".join(s.name for s in specs)
             raise InputError(f"the model takes {len(specs)} input(s) ({names}), got {len(inputs)}")
-        arrays = []
+        checked = []
         for k, (x, spec) in enumerate(zip(inputs, specs)):
-            a = _to_numpy(x)
+            a = _as_input(x)
             label = f"input '{spec.name}' (#{k})"
             want = np.dtype(spec.dtype)
             if want.kind == "f" and a.dtype.kind != "f":
@@ -110,22 +136,23 @@ class Explainer:
             if want.kind == "b" and a.dtype.kind != "b":
                 raise InputError(f"{label} must be a boolean array, got {a.dtype}")
             if spec.shape is not None:
-                if a.ndim != len(spec.shape):
+                if len(a.shape) != len(spec.shape):
                     raise InputError(f"{label} has shape {a.shape} but the model expects rank "
                                      f"{len(spec.shape)} {tuple(spec.shape)}")
                 for d, (got, exp) in enumerate(zip(a.shape, spec.shape)):
                     if isinstance(exp, int) and exp > 0 and got != exp:
                         raise InputError(f"{label} has shape {a.shape} but the model expects "
                                          f"{tuple(spec.shape)} (dimension {d} must be {exp})")
-            if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-                bad = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
-                raise InputError(f"{label} contains NaN or infinity (first at index {bad})")
+            if a.dtype.kind == "f":
+                bad = a.nonfinite_index()
+                if bad is not None:
+                    raise InputError(f"{label} contains NaN or infinity (first at index {bad})")
             if want.kind in "iu" and a.dtype != want:
-                a = a.astype(want)
-            arrays.append(a)
-        return arrays
+                a = _as_input(np.asarray(_host(a.value)).astype(want))
+            checked.append(a)
+        return checked
 
-    def _compute_dtype(self, arrays: list[np.ndarray]) -> np.dtype:
+    def _compute_dtype(self, arrays: list[ArrayInput]) -> np.dtype:
         floats = [a.dtype for a in arrays if a.dtype.kind == "f"]
         return np.dtype("float64") if np.dtype("float64") in floats else np.dtype("float32")
 
@@ -157,10 +184,12 @@ class Explainer:
                              "so it has no relevance to explain")
         return v
 
-    def compiled(self, arrays: list[np.ndarray], output: int | str = 0, device: Any = None) -> Compiled:
+    def compiled(self, arrays: list[Any], output: int | str = 0, device: Any = None) -> Compiled:
+        """The compiled plan for these inputs (arrays or checked inputs), built once per shape."""
+        arrays = [a if isinstance(a, ArrayInput) else _as_input(a) for a in arrays]
         dtype = self._compute_dtype(arrays)
         if device is None:
-            device = self.backend.default_device(list(arrays))
+            device = self.backend.default_device([a.value for a in arrays])
         key = (tuple(a.shape for a in arrays), tuple(a.dtype.str for a in arrays), output,
                str(device), dtype.str)
         if key in self._cache:
@@ -185,10 +214,9 @@ class Explainer:
         arrays = self._check_inputs(inputs)
         device = self.backend.default_device(list(inputs))
         c = self.compiled(arrays, output, device)
-        feeds = {spec.name: (x if hasattr(x, "shape") and not isinstance(x, np.ndarray)
-                             and x.dtype == a.dtype else a)
-                 for spec, x, a in zip(self.source.inputs, inputs, arrays)}
-        feeds = {k: v for k, v in feeds.items() if k in {g.name for g in c.graph.inputs}}
+        used = {g.name for g in c.graph.inputs}
+        feeds = {spec.name: a.value for spec, a in zip(self.source.inputs, arrays)
+                 if spec.name in used}
         chosen: dict[str, np.ndarray | None] = {}
 
         def seed(y: Any) -> Any:
@@ -214,10 +242,11 @@ class Explainer:
         if c.plan.mode == "gradient":
             ops.append(OpAmount("gradient-x-input", "(whole model)", "", "gradient-x-input",
                                 start_sum - inputs_sum))
-        for name, amount in raw.amounts:
-            a = nodes[name]
-            ops.append(OpAmount(name, a.node.op, a.node.provenance, a.rule.describe(),
-                                np.asarray(self.backend.to_numpy(amount), dtype=np.float64)))
+        if raw.amounts is not None:
+            table = np.asarray(self.backend.to_numpy(raw.amounts), dtype=np.float64)
+            for name, amount in zip(raw.amount_nodes, table):
+                a = nodes[name]
+                ops.append(OpAmount(name, a.node.op, a.node.provenance, a.rule.describe(), amount))
         ops = [o for o in ops if np.any(o.amount != 0)]
         cons = Conservation(start_sum, inputs_sum, ops, raw.per_item_exact)
         return Explanation(relevance, self.backend.to_numpy(raw.output), chosen.get("target"),
@@ -263,7 +292,7 @@ def compile(model: Any, *example_inputs: Any, rules: str | Rules = "epsilon",
     explainer = Explainer(model, rules, backend, capture, jit, keep_softmax)
     if example_inputs:
         arrays = explainer._check_inputs(example_inputs)
-        explainer.compiled(arrays, 0, explainer.backend.default_device(list(example_inputs)))
+        explainer.compiled(arrays, 0, explainer.backend.default_device([a.value for a in arrays]))
     return explainer
 
 

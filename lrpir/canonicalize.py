@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lrpir.fold import fold_constants, remove_identities
+from lrpir.fold import check_no_control_flow, fold_constants, inline_static_ifs, remove_identities
 from lrpir.fuse import fuse_affine
 from lrpir.ir import Graph
 from lrpir.roles import assign_roles
@@ -27,9 +27,14 @@ def canonicalize(graph: Graph) -> tuple[set[int], CanonicalReport]:
     """Rewrite ``graph`` in place; returns the index values (ids traced to inputs) and a report."""
     report = CanonicalReport()
     report.identities_removed = remove_identities(graph)
-    report.folded = fold_constants(graph)
+    while True:  # folding makes shapes known, known shapes fold Shape ops and If conditions
+        folded = fold_constants(graph)
+        report.folded += folded
+        if inline_static_ifs(graph) or folded or refresh_shapes(graph):
+            continue
+        break
+    check_no_control_flow(graph)
     report.dead_removed = graph.remove_dead()
-    refresh_shapes(graph)
     report.fused = fuse_affine(graph)
     report.dead_removed += graph.remove_dead()
     graph.topological_sort()

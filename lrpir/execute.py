@@ -24,12 +24,13 @@ class RawResult:
     output: Array
     start: Array
     relevance: dict[str, Array]
-    amounts: list[tuple[str, Array]] = field(default_factory=list)  # (node name, per-item amount)
+    amount_nodes: list[str] = field(default_factory=list)
+    amounts: Array | None = None  # (len(amount_nodes), batch): received minus passed on
     per_item_exact: bool = True
 
 
 def _item_sums(ctx: Any, x: Array, batch: int) -> tuple[Array, bool]:
-    """Per-item sums (float64 where the backend has it) of a tensor whose leading axis is item-major."""
+    """Per-item sums of a tensor whose leading axis is item-major (else split evenly)."""
     shape = ctx.xp.shape(x)
     if shape and shape[0] % batch == 0 and shape[0] > 0:
         return ctx.item_sums(x, batch), True
@@ -39,14 +40,17 @@ def _item_sums(ctx: Any, x: Array, batch: int) -> tuple[Array, bool]:
 
 def run_plan(plan: Plan, ctx: Any, statics: dict[str, Array], inputs: dict[str, Array],
              seed: Callable[[Array], Array], track: bool = True) -> RawResult:
+    """Run ``plan``; with ``track`` (relevance mode), record each op's absorbed amount per item.
+
+    Relevance is linear in its contributions, so the sum of what a value received is the sum of
+    the sums of its contributions: each relevance tensor is reduced once.
+    """
     env: dict[str, Array] = dict(inputs)
 
     def get(v: Any) -> Array | None:
         if v is None:
             return None
-        if v.is_static:
-            return statics[v.name]
-        return env[v.name]
+        return statics[v.name] if v.is_static else env[v.name]
 
     for step in plan.forward:
         if step.kind == "forward":
@@ -61,9 +65,15 @@ def run_plan(plan: Plan, ctx: Any, statics: dict[str, Array], inputs: dict[str, 
     start = seed(y)
     batch = ctx.xp.shape(y)[0] if ctx.xp.shape(y) else 1
     gradient = plan.mode == "gradient"
-    relevance: dict[str, Array] = {plan.explained.name: safe_divide(ctx.xp, start, y) if gradient else start}
-    amounts: list[tuple[str, Array]] = []
+    track = track and not gradient
+    relevance: dict[str, Array] = {plan.explained.name: safe_divide(ctx.xp, start, y)
+                                   if gradient else start}
+    sums: dict[str, Array] = {}
     exact = True
+    if track:
+        sums[plan.explained.name], exact = _item_sums(ctx, start, batch)
+    names: list[str] = []
+    amounts: list[Array] = []
     for step in plan.backward:
         if step.kind == "recompute":
             outs = ctx.forward(step.node, [get(v) for v in step.node.inputs])
@@ -80,33 +90,35 @@ def run_plan(plan: Plan, ctx: Any, statics: dict[str, Array], inputs: dict[str, 
         if all(r is None for r in r_out):
             continue
         ins_needed, outs_needed = a.rule.needs(node, a.active)
-        inputs_ = [get(v) if (v is not None and (v.is_static or i in ins_needed
-                                                 or v.name in env)) else None
-                   for i, v in enumerate(node.inputs)]
-        outputs_ = [env.get(v.name) if j in outs_needed else None for j, v in enumerate(node.outputs)]
+        inputs_ = [get(v) if v is not None and (v.is_static or i in ins_needed or v.name in env)
+                   else None for i, v in enumerate(node.inputs)]
+        outputs_ = [env.get(v.name) if j in outs_needed else None
+                    for j, v in enumerate(node.outputs)]
         r_in = a.rule.apply(ctx, node, a.active, r_out, inputs_, outputs_)
-        if track and not gradient:
-            total = None
-            for r in r_out:
-                if r is not None:
-                    s, ok = _item_sums(ctx, r, batch)
-                    exact &= ok
-                    total = s if total is None else total + s
-            for i in a.active:
-                if r_in[i] is not None:
-                    s, ok = _item_sums(ctx, r_in[i], batch)
-                    exact &= ok
-                    total = total - s
-            amounts.append((node.name, total))
+        received = None
+        if track:
+            for v in node.outputs:
+                s = sums.pop(v.name, None)
+                if s is not None:
+                    received = s if received is None else received + s
         for i in a.active:
             r = r_in[i]
             if r is None:
                 continue
             name = node.inputs[i].name
             relevance[name] = relevance[name] + r if name in relevance else r
+            if track:
+                s, ok = _item_sums(ctx, r, batch)
+                exact &= ok
+                sums[name] = sums[name] + s if name in sums else s
+                received = received - s
+        if track:
+            names.append(node.name)
+            amounts.append(received)
     result = {}
     for v in plan.graph.inputs:
         if v.name in relevance:
             r = relevance[v.name]
             result[v.name] = r * env[v.name] if gradient and v.is_float else r
-    return RawResult(y, start, result, amounts, exact)
+    stacked = ctx.stack(amounts) if amounts else None
+    return RawResult(y, start, result, names, stacked, exact)

@@ -7,10 +7,12 @@ into plain static values, so the rules see a MatMul with a weight, not a MatMul 
 from __future__ import annotations
 
 import numpy as np
+from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from lrpir.ir import Graph, Node, Role
-from lrpir.onnx_io import node_to_proto
+from lrpir.errors import UnsupportedOpError
+from lrpir.onnx_io import add_onnx_nodes, node_to_proto, value_infos
 
 # Ops whose result is not a function of their inputs alone.
 _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
@@ -65,8 +67,8 @@ def fold_constants(graph: Graph) -> int:
     """Evaluate every node whose inputs are all static; returns how many were folded."""
     folded = 0
     for node in list(graph.nodes):
-        if node.op_type in _NONDETERMINISTIC:
-            continue
+        if node.op_type in _NONDETERMINISTIC or node.op_type in ("If", "Loop", "Scan"):
+            continue  # control flow reads outer values: inline_static_ifs handles If
         result = None
         if node.op_type in ("Shape", "Size") and not node.domain:
             shape = _static_shape(node)
@@ -87,3 +89,44 @@ def fold_constants(graph: Graph) -> int:
                 out.provenance = node.provenance
         folded += 1
     return folded
+
+
+def inline_static_ifs(graph: Graph) -> int:
+    """Replace each ``If`` whose condition is static by the nodes of the branch it takes.
+
+    Exporters emit such Ifs for shape checks (``if dim == 1: squeeze``) that folding resolves.
+    """
+    inlined = 0
+    for node in list(graph.nodes):
+        if node.op_type != "If" or node.domain or node.inputs[0] is None:
+            continue
+        cond = node.inputs[0]
+        if not cond.is_static:
+            continue
+        branch = node.attrs["then_branch" if bool(np.asarray(cond.data).reshape(-1)[0])
+                            else "else_branch"]
+        index = graph.nodes.index(node)
+        graph.remove_node(node)
+        rename: dict[str, str] = {}
+        for t in branch.initializer:
+            v = graph.constant(t.name, numpy_helper.to_array(t), Role.CONSTANT, node.provenance)
+            rename[t.name] = v.name
+        head, tail = graph.nodes[:index], graph.nodes[index:]
+        graph.nodes = head
+        add_onnx_nodes(graph, branch.node, value_infos(branch), lambda n: node.provenance, rename)
+        for n in graph.nodes[index:]:
+            n.name = f"{node.name}/{n.name}"
+        graph.nodes += tail
+        for out, branch_out in zip(node.outputs, branch.output):
+            graph.replace_uses(out, graph.values[rename.get(branch_out.name, branch_out.name)])
+        inlined += 1
+    return inlined
+
+
+def check_no_control_flow(graph: Graph) -> None:
+    """An ``If`` left after folding depends on the input: lrpir explains one fixed graph."""
+    left = [n.where() for n in graph.nodes if n.op_type == "If" and not n.domain]
+    if left:
+        raise UnsupportedOpError(
+            "control flow whose condition depends on the input cannot be explained: "
+            + ", ".join(left) + ". Export the model with that branch fixed.")

@@ -6,6 +6,7 @@ The ``lrpir`` domain ops are shipped as ONNX functions inside the model, so the 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from lrpir.ir import LRPIR_DOMAIN, Graph, Node, Value
+from lrpir.errors import UnsupportedOpError
+from lrpir.ir import LRPIR_DOMAIN, Graph, Node, Role, Value
 
 OPSET = 20
 
@@ -123,3 +125,66 @@ def save_onnx(graph: Graph, path: str | Path) -> Path:
     onnx.save_model(model, str(path), save_as_external_data=large)
     return path
 
+
+
+# -- reading ONNX nodes into a graph (the frontend, and inlined If branches) -------------------
+def value_infos(graph: onnx.GraphProto) -> dict[str, tuple[tuple | None, np.dtype | None]]:
+    """Shape and dtype of every value the graph declares (inputs, outputs, inferred)."""
+    out = {}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        t = vi.type.tensor_type
+        shape = (tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+                 if t.HasField("shape") else None)
+        out[vi.name] = (shape, helper.tensor_dtype_to_np_dtype(t.elem_type) if t.elem_type else None)
+    return out
+
+
+def constant_data(attrs: dict, node: onnx.NodeProto) -> np.ndarray:
+    if "value" in attrs:
+        return np.asarray(attrs["value"])
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
+                       ("value_int", np.int64), ("value_ints", np.int64)):
+        if key in attrs:
+            return np.asarray(attrs[key], dtype=dtype)
+    raise UnsupportedOpError(f"Constant node '{node.name}' uses an unsupported attribute "
+                             f"{sorted(attrs)}: only tensor, float(s) and int(s) values are supported")
+
+
+def add_onnx_nodes(graph: Graph, nodes: Iterable[onnx.NodeProto],
+                   infos: dict[str, tuple[tuple | None, np.dtype | None]],
+                   provenance: Callable[[onnx.NodeProto], str] = lambda n: "",
+                   rename: dict[str, str] | None = None) -> None:
+    """Append ONNX nodes to ``graph``: Constant nodes become static values, others IR nodes.
+
+    ``rename`` maps names inside the nodes to graph value names (to keep an inlined branch's
+    names from clashing with the outer graph's); unknown input names are looked up as they are.
+    """
+    rename = {} if rename is None else rename
+
+    def value_for(name: str) -> Value:
+        name = rename.get(name, name)
+        if name in graph.values:
+            return graph.values[name]
+        return graph.add_value(Value(name, *infos.get(name, (None, None))))
+
+    def output_for(name: str) -> Value:
+        old = graph.values.get(name)
+        if old is not None and (old.producer is not None or old.is_static or old in graph.inputs):
+            # a branch reusing an outer name: give its value a fresh one
+            rename[name] = graph.fresh_name(name)
+            shape_dtype = infos.get(name, (None, None))
+            return graph.add_value(Value(rename[name], *shape_dtype))
+        return value_for(name)
+
+    for n in nodes:
+        attrs = attrs_from_proto(n)
+        where = provenance(n)
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+            data = constant_data(attrs, n)
+            v = output_for(n.output[0])
+            v.shape, v.dtype, v.role, v.data, v.provenance = (data.shape, data.dtype, Role.CONSTANT,
+                                                              data, where)
+            continue
+        ins = [value_for(i) if i else None for i in n.input]
+        outs = [output_for(o) if o else graph.new_value(f"{n.name}_unused") for o in n.output]
+        graph.add_node(Node(n.op_type, ins, outs, attrs, n.name, "", where))

@@ -52,8 +52,13 @@ class Rule:
     traits: frozenset[str] = frozenset()
 
     def needs(self, node: Node, active: list[int]) -> tuple[set[int], set[int]]:
-        """(input indices, output indices) whose forward values ``apply`` reads."""
-        return set(active), set()
+        """(input indices, output indices) whose forward values ``apply`` reads.
+
+        The default suits a rule that calls ``ctx.vjp``: the VJP re-runs the op with all of its
+        operands, including inactive ones computed at run time (a mask derived from an integer
+        input), so it declares every operand.
+        """
+        return operands(node), set()
 
     def apply(self, ctx: RuleContext, node: Node, active: list[int], relevance: list[Array | None],
               inputs: list[Array | None], outputs: list[Array | None]) -> list[Array | None]:
@@ -67,6 +72,11 @@ class Rule:
         return f"{type(self).__name__}({self.describe()})"
 
 
+def operands(node: Node) -> set[int]:
+    """Every input position of ``node``: what a VJP re-running the op reads (statics are free)."""
+    return {i for i, v in enumerate(node.inputs) if v is not None}
+
+
 def stabilize(xp: ArrayOps, z: Array, epsilon: float) -> Array:
     """Zennit's stabiliser: ``z + ε·sign(z)`` with ``sign(0) = +1``."""
     if epsilon == 0:
@@ -78,6 +88,13 @@ def safe_divide(xp: ArrayOps, num: Array, den: Array) -> Array:
     """``num / den`` with ``0/0 := 0`` (and anything over 0 := 0), never NaN."""
     zero = den == 0
     return xp.where(zero, 0.0, num / xp.where(zero, 1.0, den))
+
+
+def stabilized_ratio(xp: ArrayOps, r: Array, z: Array, epsilon: float) -> Array:
+    """``r / stab(z)``; with ε > 0 the denominator is at least ε in size, so no guard is needed."""
+    if epsilon == 0:
+        return safe_divide(xp, r, z)
+    return r / stabilize(xp, z, epsilon)
 
 
 def sum_to_shape(xp: ArrayOps, x: Array, shape: tuple[int, ...]) -> Array:

@@ -6,7 +6,7 @@ Formulas and conventions follow Zennit (``../shared/rules-reference.md``): the Î
 
 from __future__ import annotations
 
-from lrpir.rules.base import Array, Rule, safe_divide, stabilize, sum_to_shape
+from lrpir.rules.base import Array, Rule, operands, stabilized_ratio, sum_to_shape
 
 from lrpir import traits as T
 from lrpir.ir import Node
@@ -27,11 +27,11 @@ class EpsilonRule(Rule):
         self.share = share  # split evenly over the active operands (bilinear products)
 
     def needs(self, node: Node, active: list[int]) -> tuple[set[int], set[int]]:
-        return set(active), {0}
+        return operands(node), {0}  # the VJP re-runs the op with every operand
 
     def apply(self, ctx, node, active, relevance, inputs, outputs):
         xp = ctx.xp
-        s = safe_divide(xp, _first(relevance), stabilize(xp, outputs[0], self.epsilon))
+        s = stabilized_ratio(xp, _first(relevance), outputs[0], self.epsilon)
         grads = ctx.vjp(node, inputs, active, [s])
         factor = 1.0 / len(active) if self.share else 1.0
         out: list[Array | None] = [None] * len(inputs)
@@ -132,7 +132,7 @@ class HeldDenominatorRule(Rule):
         y = outputs[0]
         out: list[Array | None] = [None] * len(node.inputs)
         if 0 in active:
-            out[0] = y * safe_divide(xp, _first(relevance), stabilize(xp, y, self.epsilon))
+            out[0] = y * stabilized_ratio(xp, _first(relevance), y, self.epsilon)
         return out
 
     def describe(self) -> str:

@@ -45,17 +45,24 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 def _random_weight(rng: np.random.Generator, use: tuple | None, shape: tuple) -> np.ndarray:
     """A value of a sensible scale for a weight with this (consumer op, input index, attrs) use."""
     op, index, attrs = use if use is not None else (None, None, {})
+
+    def normal(std: float, mean: float = 0.0) -> np.ndarray:
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(std) + np.float32(mean)
+
+    def uniform(low: float, high: float) -> np.ndarray:
+        return rng.random(shape, dtype=np.float32) * np.float32(high - low) + np.float32(low)
+
     if op == "Conv" and index == 1:
-        return rng.normal(0.0, np.sqrt(2.0 / int(np.prod(shape[1:]))), shape)
+        return normal(np.sqrt(2.0 / int(np.prod(shape[1:]))))
     if op == "Gemm" and index == 1:
         fan_in = shape[1] if attrs.get("transB", 0) else shape[0]
-        return rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+        return normal(np.sqrt(2.0 / fan_in))
     if op == "BatchNormalization":  # scale, bias, mean, variance
-        return [rng.uniform(0.5, 1.5, shape), rng.normal(0.0, 0.1, shape),
-                rng.normal(0.0, 0.1, shape), rng.uniform(0.5, 2.0, shape)][index - 1]
+        return [lambda: uniform(0.5, 1.5), lambda: normal(0.1), lambda: normal(0.1),
+                lambda: uniform(0.5, 2.0)][index - 1]()
     if op == "Mul":  # a per-channel scale (decomposed batch norm)
-        return rng.uniform(0.5, 1.5, shape)
-    return rng.normal(0.0, 0.05, shape)  # biases and anything else
+        return uniform(0.5, 1.5)
+    return normal(0.05)  # biases and anything else
 
 
 def randomize(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
@@ -180,12 +187,12 @@ def test_classic_architecture(name):
     assert np.abs(c.inputs + c.absorbed - c.created - c.start).max() <= 1e-4 * np.abs(c.start).max()
 
     # the lowering oracle: the canonicalised IR as ONNX reproduces the source model
-    lowered = to_onnx(compiled.graph)
+    graph = compiled.graph
+    lowered = to_onnx(graph, [*graph.outputs, compiled.plan.explained])
     onnx.checker.check_model(lowered)
-    got = _run_ort(lowered, {input_name: x})
+    *got, got_logits = _run_ort(lowered, {input_name: x})
     assert len(got) == len(outputs)
     for g_, o in zip(got, outputs):
         assert g_.shape == o.shape
         assert _rel(g_, o) < 1e-4
-    (got_logits,) = _run_ort(to_onnx(compiled.graph, [compiled.plan.explained]), {input_name: x})
     assert _rel(got_logits, logits) < 1e-4

@@ -1,0 +1,55 @@
+"""On a GPU: CUDA tensors run the whole pass on the device and agree with the CPU (skipped without one)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import lrpir  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def full_precision():
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2), torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(32, 10)).eval()
+
+
+def test_cuda_matches_cpu_and_gradient_x_input(onnx_export):
+    net = model()
+    x = torch.randn(4, 3, 16, 16)
+    proto = onnx_export(net, x)
+    rules = lrpir.Rules("epsilon", epsilon=0.0)
+    on_gpu = lrpir.explain(proto, x.cuda(), rules=rules)
+    on_cpu = lrpir.explain(proto, x.numpy(), rules=rules)
+    np.testing.assert_array_equal(on_gpu.target, on_cpu.target)
+    scale = np.abs(on_cpu.relevance[0]).max()
+    np.testing.assert_allclose(on_gpu.relevance[0], on_cpu.relevance[0], rtol=1e-5,
+                               atol=1e-5 * scale)
+    xx = x.cuda().requires_grad_(True)
+    net = net.cuda()
+    y = net(xx)
+    y.gather(1, torch.as_tensor(on_gpu.target, device="cuda")[:, None]).sum().backward()
+    gxi = (xx.grad * xx).detach().cpu().numpy()
+    np.testing.assert_allclose(on_gpu.relevance[0], gxi, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_cuda_float64(onnx_export):
+    net = model().double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    exp = lrpir.explain(onnx_export(net, x), x.cuda())
+    assert exp.relevance[0].dtype == np.float64
+    c = exp.conservation
+    np.testing.assert_allclose(c.inputs + c.absorbed - c.created, c.start, rtol=1e-10)
