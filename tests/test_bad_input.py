@@ -144,3 +144,8 @@ def test_older_opset_is_converted_and_newer_is_checked():
     newer = linear_model()
     newer.opset_import[0].version = 21  # MatMul and Relu mean the same at 21
     assert lrpir.explain(newer, X).relevance[0].shape == (2, 4)
+
+
+def test_jit_on_the_torch_backend_is_refused_clearly():
+    with pytest.raises(lrpir.InputError, match="jit=True"):
+        lrpir.compile(linear_model(), X, jit=True)
