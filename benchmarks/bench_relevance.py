@@ -1,6 +1,7 @@
 """Cost of a relevance pass relative to a gradient pass, measured in the same run.
 
-    python benchmarks/bench_relevance.py [--device cuda] [--batch 32] [--reps 20] [--models resnet,efficientnet]
+    python benchmarks/bench_relevance.py [--device cuda] [--batch 32] [--reps 20]
+                                         [--models resnet,efficientnet]
 
 For each model: the gradient pass is torch autograd on the original module (forward + backward of
 the target logits); lrpir is a compiled explainer on the model's ONNX export, timed end to end

@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper, helper, numpy_helper, shape_inference
@@ -191,7 +190,13 @@ def lower(proto: onnx.ModelProto, shapes: list[tuple[int, ...]], where: str = "m
         v.role = Role.INPUT
         graph.inputs.append(v)
     add_onnx_nodes(graph, g.node, infos, node_provenance)
+    fused = {n.name for n in g.node
+             if any(p.key == "pkg.onnxscript.rewriter.rule_name" for p in n.metadata_props)}
     graph.outputs = [graph.values[o.name] for o in g.output]
+    for node in graph.nodes:  # an exporter-fused Conv+BN carries the BN's scope: use its weight's
+        if node.name in fused and len(node.inputs) > 1 and node.inputs[1] is not None \
+                and node.inputs[1].provenance:
+            node.provenance = node.inputs[1].provenance
     for v in graph.values.values():
         if v.role is Role.PARAMETER and not v.provenance:
             v.provenance = next((u.provenance for u in v.users if u.provenance), "")

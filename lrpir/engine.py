@@ -37,7 +37,8 @@ def _classify(node: Node, index_values: set[int]) -> tuple[str | None, list[int]
     return T.trait_of(node, carries_relevance), active
 
 
-def relevance_path(graph: Graph, explained: Value, index_values: set[int]) -> list[tuple[Node, str | None, list[int]]]:
+def relevance_path(graph: Graph, explained: Value,
+                   index_values: set[int]) -> list[tuple[Node, str | None, list[int]]]:
     """Nodes whose outputs relevance reaches from ``explained``, in topological order."""
     reach: set[int] = {id(explained)}
     path = []

@@ -10,8 +10,8 @@ import numpy as np
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from lrpir.ir import Graph, Node, Role
 from lrpir.errors import UnsupportedOpError
+from lrpir.ir import Graph, Node, Role
 from lrpir.onnx_io import add_onnx_nodes, node_to_proto, value_infos
 
 # Ops whose result is not a function of their inputs alone.
@@ -113,7 +113,8 @@ def inline_static_ifs(graph: Graph) -> int:
             rename[t.name] = v.name
         head, tail = graph.nodes[:index], graph.nodes[index:]
         graph.nodes = head
-        add_onnx_nodes(graph, branch.node, value_infos(branch), lambda n: node.provenance, rename)
+        where = node.provenance
+        add_onnx_nodes(graph, branch.node, value_infos(branch), lambda _n, w=where: w, rename)
         for n in graph.nodes[index:]:
             n.name = f"{node.name}/{n.name}"
         graph.nodes += tail

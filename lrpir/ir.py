@@ -126,7 +126,8 @@ class Graph:
     def new_value(self, base: str, **kwargs: Any) -> Value:
         return self.add_value(Value(self.fresh_name(base), **kwargs))
 
-    def constant(self, base: str, data: np.ndarray, role: Role = Role.CONSTANT, provenance: str = "") -> Value:
+    def constant(self, base: str, data: np.ndarray, role: Role = Role.CONSTANT,
+                 provenance: str = "") -> Value:
         data = np.asarray(data)
         return self.new_value(base, shape=data.shape, dtype=data.dtype, role=role, data=data,
                               provenance=provenance)

@@ -121,7 +121,8 @@ class Rules:
         return f"{self.preset.name}|{table}|{over}"
 
     def __repr__(self) -> str:
-        over = f", overrides={ {k: r.describe() for k, r in self.overrides.items()} }" if self.overrides else ""
+        shown = {k: r.describe() for k, r in self.overrides.items()}
+        over = f", overrides={shown}" if shown else ""
         return f"Rules({self.preset.name!r}, epsilon={self.epsilon:g}{over})"
 
 

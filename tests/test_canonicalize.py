@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from lrpir.frontends.onnx import FRONTEND
 from onnx import TensorProto, helper, numpy_helper
 
 import lrpir
 from lrpir.canonicalize import canonicalize
-from lrpir.frontends.onnx import FRONTEND
 from lrpir.ir import Role
 from lrpir.onnx_io import to_onnx
 
@@ -194,3 +194,19 @@ def test_plan_frees_every_kept_value_and_recomputes_cheap_ones(onnx_export):
     freed = {v.name for s in plan.forward + plan.backward if s.kind == "free" for v in s.values}
     assert produced - freed == {plan.explained.name}
     assert "recompute" in str(plan) and "promises:" in str(plan)
+
+
+def test_exporter_fused_conv_keeps_the_conv_provenance(onnx_export, exporter):
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.bn = torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return torch.relu(self.bn(self.conv(x)))
+
+    graph, _ = lowered(onnx_export(Net().eval(), torch.randn(1, 3, 6, 6), exporter), (1, 3, 6, 6))
+    assert [n.provenance for n in graph.nodes if n.op_type == "Conv"] == ["conv"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-import lrpir
+import lrpir  # noqa: E402
 
 
 def stab(z, eps):
