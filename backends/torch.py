@@ -18,6 +18,17 @@ from lrpir.schedule import Plan
 
 _FLOAT_CASTS = {1, 10, 11, 16}  # onnx FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
+# Inputs that ops read as Python numbers (shapes, axes, pads, fill values). Static ones are handed
+# over from host memory so that reading them never waits for the GPU.
+_CONTROL = {
+    "Reshape": {1}, "Slice": {1, 2, 3, 4}, "Pad": {1, 2, 3}, "Expand": {1}, "Tile": {1},
+    "Unsqueeze": {1}, "Squeeze": {1}, "Split": {1}, "Resize": {1, 2, 3}, "TopK": {1},
+    "ReduceMean": {1}, "ReduceSum": {1}, "ReduceMax": {1}, "ReduceMin": {1}, "ReduceProd": {1},
+    "ReduceL1": {1}, "ReduceL2": {1}, "ReduceSumSquare": {1}, "ReduceLogSumExp": {1},
+    "ReduceLogSum": {1}, "CumSum": {1}, "Trilu": {1}, "ConstantOfShape": {0}, "Dropout": {1, 2},
+    "OneHot": {1}, "Range": {0, 1, 2},
+}
+
 
 class TorchArrayOps:
     """The array functions rules use, on torch tensors (python scalars take the compute dtype)."""
@@ -49,12 +60,18 @@ class TorchArrayOps:
 class TorchContext:
     """The RuleContext of the torch backend."""
 
-    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, dtype: torch.dtype, device: torch.device,
+                 host: dict[str, torch.Tensor] | None = None) -> None:
         self.dtype, self.device = dtype, device
         self.xp = TorchArrayOps(dtype)
+        self.host = host or {}
 
     def forward(self, node: Node, inputs: list) -> list:
         attrs = node.attrs
+        control = _CONTROL.get(node.op_type) if not node.domain else None
+        if control and self.host:
+            inputs = [self.host.get(v.name, x) if i in control and v is not None and v.is_static
+                      else x for i, (v, x) in enumerate(zip(node.inputs, inputs))]
         if node.op_type == "Cast" and not node.domain and attrs.get("to") in _FLOAT_CASTS \
                 and inputs[0] is not None and inputs[0].is_floating_point():
             return [inputs[0].to(self.dtype)]  # float-to-float casts follow the compute dtype
@@ -128,13 +145,15 @@ class TorchExecutable:
 
     def __init__(self, plan: Plan, dtype: torch.dtype, device: torch.device) -> None:
         self.plan, self.dtype, self.device = plan, dtype, device
-        self.ctx = TorchContext(dtype, device)
-        statics = {}
+        statics, host = {}, {}
         for node in plan.graph.nodes:
             for v in node.inputs:
                 if v is not None and v.is_static and v.name not in statics:
                     statics[v.name] = _tensor(v.data, dtype, device)
+                    if v.data.size <= 4096:
+                        host[v.name] = _tensor(v.data, dtype, torch.device("cpu"))
         self.statics = statics
+        self.ctx = TorchContext(dtype, device, host if device.type != "cpu" else None)
 
     def run(self, inputs: dict[str, Any], seed) -> RawResult:
         feeds = {k: _tensor(v, self.dtype, self.device) for k, v in inputs.items()}

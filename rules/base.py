@@ -81,7 +81,7 @@ def stabilize(xp: ArrayOps, z: Array, epsilon: float) -> Array:
     """Zennit's stabiliser: ``z + ε·sign(z)`` with ``sign(0) = +1``."""
     if epsilon == 0:
         return z
-    return z + xp.where(z >= 0, epsilon, -epsilon)
+    return xp.where(z >= 0, z + epsilon, z - epsilon)
 
 
 def safe_divide(xp: ArrayOps, num: Array, den: Array) -> Array:

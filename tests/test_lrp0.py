@@ -101,4 +101,4 @@ def test_batch_items_are_independent(onnx_export):
         np.testing.assert_allclose(batch.relevance[0][i:i + 1], alone.relevance[0], rtol=1e-5,
                                    atol=1e-7)
         np.testing.assert_allclose(batch.conservation.start[i], alone.conservation.start[0],
-                                   rtol=1e-6)
+                                   rtol=1e-5)  # GPU convolutions round per batch size
