@@ -81,10 +81,14 @@ class TorchContext:
         return list(outs[: len(node.outputs)])
 
     def vjp(self, node: Node, inputs: list, wrt: list[int], cotangents: list) -> list:
-        if wrt == [0] and len(cotangents) == 1 and cotangents[0] is not None:
-            fast = _linear_input_vjp(node, inputs, cotangents[0])
-            if fast is not None:
-                return [fast]
+        if len(cotangents) == 1 and cotangents[0] is not None:
+            direct = _direct_vjp(node, inputs, wrt, cotangents[0])
+            if direct is not None:
+                return direct
+        return self.autograd_vjp(node, inputs, wrt, cotangents)
+
+    def autograd_vjp(self, node: Node, inputs: list, wrt: list[int], cotangents: list) -> list:
+        """The VJP by re-running the op under autograd: right for every op, slower."""
         with torch.enable_grad():
             xs = list(inputs)
             for i in wrt:
@@ -108,10 +112,38 @@ class TorchContext:
         return torch.zeros(batch, dtype=torch.float64, device=self.device)
 
 
+def _unbroadcast(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    lead = g.dim() - len(shape)
+    dims = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape)
+                                      if d == 1 and g.shape[lead + i] != 1)
+    return (g.sum(dim=dims, keepdim=True) if dims else g).reshape(shape)
+
+
+_RESHAPES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+
+
+def _direct_vjp(node: Node, inputs: list, wrt: list[int], cot: torch.Tensor) -> list | None:
+    """VJPs of the commonest ops written out, so the relevance pass needn't re-run their forward.
+
+    ``None`` means "not covered": the caller falls back to autograd.
+    """
+    op = "" if node.domain not in ("", "lrpir") else node.op_type
+    if wrt == [0] and op in ("Conv", "Gemm", "MatMul", "MatMulAdd"):
+        g = _linear_input_vjp(node, inputs, cot)
+        return None if g is None else [g]
+    if op in ("Add", "Sum") or (op == "Sub" and len(inputs) == 2):
+        return [_unbroadcast(-cot if op == "Sub" and i == 1 else cot, inputs[i].shape)
+                for i in wrt]
+    if wrt == [0] and op in _RESHAPES:
+        return [cot.reshape(inputs[0].shape)]
+    if wrt == [0] and op == "Transpose":
+        perm = node.attrs.get("perm", list(reversed(range(cot.dim()))))
+        return [cot.permute(*sorted(range(len(perm)), key=perm.__getitem__))]
+    return None
+
+
 def _linear_input_vjp(node: Node, inputs: list, cot: torch.Tensor) -> torch.Tensor | None:
     """The input VJP of Conv / Gemm / MatMul with a static weight, without re-running the forward."""
-    if node.op_type not in ("Conv", "Gemm", "MatMul") or node.domain:
-        return None
     if node.inputs[1] is None or not node.inputs[1].is_static:
         return None
     x, w = inputs[0], inputs[1]
@@ -128,7 +160,7 @@ def _linear_input_vjp(node: Node, inputs: list, cot: torch.Tensor) -> torch.Tens
     if node.op_type == "Gemm" and not node.attrs.get("transA", 0):
         wt = w if node.attrs.get("transB", 0) else w.t()
         return node.attrs.get("alpha", 1.0) * (cot @ wt)
-    if node.op_type == "MatMul" and w.dim() == 2 and x.dim() >= 2:
+    if node.op_type in ("MatMul", "MatMulAdd") and w.dim() == 2 and x.dim() >= 2:
         return cot @ w.t()
     return None
 
