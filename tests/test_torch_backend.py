@@ -8,6 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from lrpir.backends.torch import TorchContext, _direct_vjp  # noqa: E402
+
 from lrpir.ir import LRPIR_DOMAIN, Node, Role, Value  # noqa: E402
 
 rng = np.random.default_rng(0)
