@@ -136,6 +136,13 @@ def _direct_vjp(node: Node, inputs: list, wrt: list[int], cot: torch.Tensor) -> 
                 for i in wrt]
     if wrt == [0] and op in _RESHAPES:
         return [cot.reshape(inputs[0].shape)]
+    if wrt == [0] and op == "Pad" and node.attrs.get("mode", "constant") == "constant":
+        pads, axes = node.inputs[1], node.inputs[3] if len(node.inputs) > 3 else None
+        if pads is not None and pads.is_static and axes is None and (pads.data >= 0).all():
+            n = len(pads.data) // 2
+            return [cot[tuple(slice(int(b), cot.shape[d] - int(e)) for d, (b, e)
+                              in enumerate(zip(pads.data[:n], pads.data[n:])))]]
+        return None
     if wrt == [0] and op == "Transpose":
         perm = node.attrs.get("perm", list(reversed(range(cot.dim()))))
         return [cot.permute(*sorted(range(len(perm)), key=perm.__getitem__))]
