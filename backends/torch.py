@@ -103,13 +103,13 @@ class TorchContext:
         return [g if g is not None else torch.zeros_like(inputs[i]) for g, i in zip(grads, wrt)]
 
     def item_sums(self, x, batch: int):
-        return x.reshape(batch, -1).sum(dim=1).to(torch.float64)
+        return x.reshape(batch, -1).sum(dim=1)
 
     def stack(self, arrays: list):
         return torch.stack(arrays)
 
     def item_zeros(self, batch: int):
-        return torch.zeros(batch, dtype=torch.float64, device=self.device)
+        return torch.zeros(batch, dtype=self.dtype, device=self.device)
 
 
 def _unbroadcast(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:

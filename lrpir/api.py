@@ -242,9 +242,9 @@ class Explainer:
         if c.plan.mode == "gradient":
             ops.append(OpAmount("gradient-x-input", "(whole model)", "", "gradient-x-input",
                                 start_sum - inputs_sum))
-        if raw.amounts is not None:
-            table = np.asarray(self.backend.to_numpy(raw.amounts), dtype=np.float64)
-            for name, amount in zip(raw.amount_nodes, table):
+        if raw.sums is not None:
+            sums = np.asarray(self.backend.to_numpy(raw.sums), dtype=np.float64)
+            for name, amount in raw.amounts(sums):
                 a = nodes[name]
                 ops.append(OpAmount(name, a.node.op, a.node.provenance, a.rule.describe(), amount))
         ops = [o for o in ops if np.any(o.amount != 0)]

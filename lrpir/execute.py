@@ -24,9 +24,14 @@ class RawResult:
     output: Array
     start: Array
     relevance: dict[str, Array]
-    amount_nodes: list[str] = field(default_factory=list)
-    amounts: Array | None = None  # (len(amount_nodes), batch): received minus passed on
+    sums: Array | None = None  # (contributions, batch): per-item sum of every relevance tensor made
+    records: list[tuple[str, list[int], list[int]]] = field(default_factory=list)
     per_item_exact: bool = True
+
+    def amounts(self, sums: Any) -> list[tuple[str, Any]]:
+        """Per op: what it received minus what it passed on (``sums`` as a host array)."""
+        return [(name, sums[received].sum(0) - sums[given].sum(0))
+                for name, received, given in self.records]
 
 
 def _item_sums(ctx: Any, x: Array, batch: int) -> tuple[Array, bool]:
@@ -43,7 +48,9 @@ def run_plan(plan: Plan, ctx: Any, statics: dict[str, Array], inputs: dict[str, 
     """Run ``plan``; with ``track`` (relevance mode), record each op's absorbed amount per item.
 
     Relevance is linear in its contributions, so the sum of what a value received is the sum of
-    the sums of its contributions: each relevance tensor is reduced once.
+    the sums of its contributions: each relevance tensor is reduced once, the per-item sums are
+    stacked into one array, and the bookkeeping (which sums each op received and passed on) is
+    done on the host afterwards.
     """
     env: dict[str, Array] = dict(inputs)
 
@@ -68,12 +75,14 @@ def run_plan(plan: Plan, ctx: Any, statics: dict[str, Array], inputs: dict[str, 
     track = track and not gradient
     relevance: dict[str, Array] = {plan.explained.name: safe_divide(ctx.xp, start, y)
                                    if gradient else start}
-    sums: dict[str, Array] = {}
+    sums: list[Array] = []
+    contributions: dict[str, list[int]] = {}  # value name → indices into sums
+    records: list[tuple[str, list[int], list[int]]] = []
     exact = True
     if track:
-        sums[plan.explained.name], exact = _item_sums(ctx, start, batch)
-    names: list[str] = []
-    amounts: list[Array] = []
+        s, exact = _item_sums(ctx, start, batch)
+        sums.append(s)
+        contributions[plan.explained.name] = [0]
     for step in plan.backward:
         if step.kind == "recompute":
             outs = ctx.forward(step.node, [get(v) for v in step.node.inputs])
@@ -95,12 +104,8 @@ def run_plan(plan: Plan, ctx: Any, statics: dict[str, Array], inputs: dict[str, 
         outputs_ = [env.get(v.name) if j in outs_needed else None
                     for j, v in enumerate(node.outputs)]
         r_in = a.rule.apply(ctx, node, a.active, r_out, inputs_, outputs_)
-        received = None
-        if track:
-            for v in node.outputs:
-                s = sums.pop(v.name, None)
-                if s is not None:
-                    received = s if received is None else received + s
+        received = [k for v in node.outputs for k in contributions.pop(v.name, [])]
+        given: list[int] = []
         for i in a.active:
             r = r_in[i]
             if r is None:
@@ -110,15 +115,15 @@ def run_plan(plan: Plan, ctx: Any, statics: dict[str, Array], inputs: dict[str, 
             if track:
                 s, ok = _item_sums(ctx, r, batch)
                 exact &= ok
-                sums[name] = sums[name] + s if name in sums else s
-                received = received - s
+                given.append(len(sums))
+                contributions.setdefault(name, []).append(len(sums))
+                sums.append(s)
         if track:
-            names.append(node.name)
-            amounts.append(received)
+            records.append((node.name, received, given))
     result = {}
     for v in plan.graph.inputs:
         if v.name in relevance:
             r = relevance[v.name]
             result[v.name] = r * env[v.name] if gradient and v.is_float else r
-    stacked = ctx.stack(amounts) if amounts else None
-    return RawResult(y, start, result, names, stacked, exact)
+    stacked = ctx.stack(sums) if sums else None
+    return RawResult(y, start, result, stacked, records, exact)
