@@ -221,10 +221,6 @@ class TorchBackend:
                   np.dtype("float16"): torch.float16}.get(np.dtype(dtype), torch.float32)
         return TorchExecutable(plan, tdtype, torch.device(device or "cpu"))
 
-    def seed(self, start: Any):
-        """Turn a start relevance (numpy or tensor) into a seed function for ``run``."""
-        return start
-
     def to_numpy(self, x: Any) -> np.ndarray:
         if isinstance(x, torch.Tensor):
             return x.detach().cpu().numpy()

@@ -7,7 +7,7 @@ fails is reported with a warning naming its distribution; it never breaks lrpir 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Protocol, runtime_checkable
 
@@ -37,7 +37,6 @@ class Source:
     outputs: list[str]
     payload: Any
     description: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -49,6 +48,25 @@ class Frontend(Protocol):
     def load(self, model: Any) -> Source: ...
 
     def lower(self, source: Source, shapes: list[tuple[int, ...]]) -> Graph: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What ``lrpir.backends`` entry points provide (see ``backends/torch.py``)."""
+
+    name: str
+
+    def supports(self, node: Any) -> bool: ...
+
+    def default_device(self, inputs: list[Any]) -> Any: ...
+
+    def compile(self, plan: Any, dtype: np.dtype, device: Any = None, jit: bool = False) -> Any:
+        """An executable whose ``run(feeds, seed)`` returns a ``lrpir.execute.RawResult``."""
+        ...
+
+    def to_numpy(self, x: Any) -> np.ndarray: ...
+
+    def from_numpy(self, x: np.ndarray, like: Any) -> Any: ...
 
 
 @dataclass
