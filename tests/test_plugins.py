@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from lrpir.rules.presets import Preset, available_presets
 
 from lrpir import plugins
-from lrpir.rules.presets import Preset, available_presets
 
 pytest.importorskip("torch")
 
