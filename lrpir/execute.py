@@ -59,11 +59,13 @@ def run_plan(plan: Plan, ctx: Any, statics: dict[str, Array], inputs: dict[str, 
             return None
         return statics[v.name] if v.is_static else env[v.name]
 
+    def run(node: Any) -> None:
+        for v, o in zip(node.outputs, ctx.forward(node, [get(u) for u in node.inputs])):
+            env[v.name] = o
+
     for step in plan.forward:
         if step.kind == "forward":
-            outs = ctx.forward(step.node, [get(v) for v in step.node.inputs])
-            for v, o in zip(step.node.outputs, outs):
-                env[v.name] = o
+            run(step.node)
         else:
             for v in step.values:
                 env.pop(v.name, None)
@@ -85,9 +87,7 @@ def run_plan(plan: Plan, ctx: Any, statics: dict[str, Array], inputs: dict[str, 
         contributions[plan.explained.name] = [0]
     for step in plan.backward:
         if step.kind == "recompute":
-            outs = ctx.forward(step.node, [get(v) for v in step.node.inputs])
-            for v, o in zip(step.node.outputs, outs):
-                env[v.name] = o
+            run(step.node)
             continue
         if step.kind == "free":
             for v in step.values:
