@@ -56,6 +56,12 @@ class TorchArrayOps:
     def clamp(self, x, low=None, high=None):
         return torch.clamp(x, min=low, max=high)
 
+    def ones(self, shape, like):
+        return torch.ones(tuple(shape), dtype=like.dtype, device=like.device)
+
+    def asarray(self, value, like):
+        return torch.as_tensor(np.asarray(value), dtype=like.dtype, device=like.device)
+
 
 class TorchContext:
     """The RuleContext of the torch backend."""

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from lrpir import traits as T
 from lrpir.errors import RuleError, UnsupportedOpError
+from lrpir.first_layer import find_first_layer
 from lrpir.ir import Graph, Node, Value
 from lrpir.roles import carries_relevance, is_lookup
-from lrpir.rules.base import Rule
+from lrpir.rules.base import Rule, Site
 from lrpir.rules.presets import Rules
 
 
@@ -25,7 +26,7 @@ class Assignment:
     trait: str
     rule: Rule
     active: list[int]  # input positions that receive relevance
-    source: str = "preset"
+    source: str = "preset"  # "preset", "first layer" or "override '<key>'"
 
 
 def _classify(node: Node, index_values: set[int]) -> tuple[str | None, list[int]]:
@@ -76,17 +77,32 @@ def _override_for(node: Node, rules: Rules, op_types: set[str]) -> tuple[str, Ru
 
 
 def assign_rules(graph: Graph, explained: Value, rules: Rules, index_values: set[int]) -> list[Assignment]:
-    """A rule for every op on the relevance path, in topological order."""
+    """A rule for every op on the relevance path, in topological order.
+
+    Overrides win over the preset's first-layer rules, which win over its trait table. Each rule is
+    then fitted to its op (``Rule.specialize``): z-box carries its bounds to the op's input there.
+    """
     _override_keys(graph, rules)
     op_types = {n.op_type for n in graph.nodes}
+    path = relevance_path(graph, explained, index_values)
+    first = find_first_layer(path, graph.inputs)
+    if rules.first and not first.ops and rules.mode != "gradient":
+        raise RuleError(
+            f"preset {rules.preset.name!r} gives the first layer its own rule, but no weighted op "
+            "(Conv, Gemm, MatMul, ...) is reached from a float model input through shape-only ops "
+            "and pads, so this model has no first layer in that sense (is the input normalised "
+            "inside the model?). Name the op instead: lrpir.Rules(..., overrides={'<provenance or "
+            "op type>': 'z-box'}) with a preset without a first-layer rule.")
     missing, wrong, out = [], [], []
-    for node, trait, active in relevance_path(graph, explained, index_values):
+    for node, trait, active in path:
         if trait is None:
             roles = ", ".join(f"{v.name}:{v.role.value if v.role else '?'}" if v is not None else "∅"
                               for v in node.inputs)
             missing.append(f"{node.where()} with inputs ({roles})")
             continue
         rule, source = rules.table.get(trait), "preset"
+        if id(node) in first.ops and trait in rules.first:
+            rule, source = rules.first[trait], "first layer"
         hit = _override_for(node, rules, op_types)
         if hit is not None:
             source = f"override {hit[0]!r}"
@@ -98,9 +114,15 @@ def assign_rules(graph: Graph, explained: Value, rules: Rules, index_values: set
         if rule is None:
             missing.append(f"{node.where()} ({trait} op: preset {rules.preset.name!r} has no rule)")
             continue
+        carry = first.carry_for(node, node.inputs[active[0]]) if id(node) in first.ops else None
+        try:
+            rule = rule.specialize(Site(node, trait, active, first.inputs, carry))
+        except RuleError as exc:
+            wrong.append(f"{node.where()}: {exc}")
+            continue
         out.append(Assignment(node, trait, rule, active, source))
     if wrong:
-        raise RuleError("rule overrides that ops cannot take:\n  " + "\n  ".join(wrong))
+        raise RuleError("rules that ops cannot take:\n  " + "\n  ".join(wrong))
     if missing:
         raise UnsupportedOpError(
             f"{len(missing)} op(s) on the relevance path have no LRP rule, so nothing was run:\n  "

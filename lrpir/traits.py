@@ -11,7 +11,8 @@ from collections.abc import Callable
 from lrpir.ir import LRPIR_DOMAIN, Node, Value
 from lrpir.roles import RESHAPE_LIKE
 
-LINEAR = "linear"            # a weighted linear op: Conv, Gemm, MatMul with a weight
+CONV = "conv"                # a convolution with a weight: Conv, ConvTranspose
+DENSE = "dense"              # a dense product with a weight: Gemm, MatMul, Einsum, MatMulAdd
 AFFINE = "affine"            # elementwise scale/shift by static values, unfused batch norm
 SUM = "sum"                  # a sum of activations (residual adds), or an add of a constant
 AVERAGE = "average"          # average pooling, mean and sum reductions, linear resizing
@@ -26,7 +27,9 @@ SOFTMAX = "softmax"
 LOOKUP = "lookup"            # a row lookup into a parameter table with integer ids
 INDEX = "index"              # an integer reshape on the way from an id input to a lookup
 
-ALL_TRAITS = (LINEAR, AFFINE, SUM, AVERAGE, MAX, ELEMENTWISE, SHAPE, PRODUCT, BILINEAR, RATIO,
+WEIGHTED = (CONV, DENSE)     # the traits whose ops have a weight (the rules of the z-plus family)
+
+ALL_TRAITS = (CONV, DENSE, AFFINE, SUM, AVERAGE, MAX, ELEMENTWISE, SHAPE, PRODUCT, BILINEAR, RATIO,
               NORMALIZE, SOFTMAX, LOOKUP, INDEX)
 
 _WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "MatMulAdd"}
@@ -61,13 +64,13 @@ def trait_of(node: Node, carries: Callable[[Value | None], bool], is_lookup: boo
     if n == 0:
         return None
     if node.domain == LRPIR_DOMAIN:
-        return LINEAR if op == "MatMulAdd" and active == [0] else None
+        return DENSE if op == "MatMulAdd" and active == [0] else None
     if op in _WEIGHTED:
         if op in ("Conv", "ConvTranspose"):
-            return LINEAR if active == [0] else None
+            return CONV if active == [0] else None
         if op == "Gemm":
-            return LINEAR if n == 1 and active[0] in (0, 1) else BILINEAR if active == [0, 1] else None
-        return LINEAR if n == 1 else BILINEAR if n == 2 else None
+            return DENSE if n == 1 and active[0] in (0, 1) else BILINEAR if active == [0, 1] else None
+        return DENSE if n == 1 else BILINEAR if n == 2 else None
     if op in _SUM:
         return SUM
     if op in _AVERAGE:

@@ -7,9 +7,13 @@ object therefore runs on the torch backend and on any other backend that provide
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from lrpir.ir import Node
+import numpy as np
+
+from lrpir.ir import Node, Value
 
 Array = Any
 
@@ -29,6 +33,14 @@ class ArrayOps(Protocol):
 
     def clamp(self, x: Array, low: float | None = None, high: float | None = None) -> Array: ...
 
+    def ones(self, shape: tuple[int, ...], like: Array) -> Array:
+        """Ones of ``shape`` with ``like``'s dtype and device."""
+        ...
+
+    def asarray(self, value: np.ndarray, like: Array) -> Array:
+        """A numpy constant as an array of ``like``'s dtype and device."""
+        ...
+
 
 class RuleContext(Protocol):
     """What a backend hands a rule: array ops, the op's forward, and its VJP."""
@@ -39,6 +51,18 @@ class RuleContext(Protocol):
 
     def vjp(self, node: Node, inputs: list[Array | None], wrt: list[int],
             cotangents: list[Array | None]) -> list[Array]: ...
+
+
+@dataclass
+class Site:
+    """Where the engine places a rule: the op, its active inputs, and, for an op of the first layer,
+    how a value given in the model inputs' layout travels to the op's input (``carry``)."""
+
+    node: Node
+    trait: str
+    active: list[int]
+    float_inputs: list[Value]
+    carry: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None
 
 
 class Rule:
@@ -64,6 +88,10 @@ class Rule:
               inputs: list[Array | None], outputs: list[Array | None]) -> list[Array | None]:
         """Relevance for every input position (``None`` where an input gets none)."""
         raise NotImplementedError
+
+    def specialize(self, site: Site) -> Rule:
+        """The rule fitted to one op; most rules fit every op as they are (z-box fits its bounds)."""
+        return self
 
     def describe(self) -> str:
         return self.name

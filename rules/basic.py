@@ -6,9 +6,13 @@ Formulas and conventions follow Zennit (``../shared/rules-reference.md``): the �
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from lrpir.rules.base import Array, Rule, operands, stabilized_ratio, sum_to_shape
+from lrpir.rules.weighted import run_with, weighted_parts, zero_bias
 
 from lrpir import traits as T
+from lrpir.errors import RuleError
 from lrpir.ir import Node
 
 
@@ -20,18 +24,35 @@ class EpsilonRule(Rule):
     """ε-LRP: ``R_i = x_i ⊙ VJP_i(R / stab(z))`` over every active operand (LRP-0 at ε = 0)."""
 
     name = "epsilon"
-    traits = frozenset({T.LINEAR, T.AFFINE, T.SUM, T.AVERAGE, T.BILINEAR})
+    traits = frozenset({T.CONV, T.DENSE, T.AFFINE, T.SUM, T.AVERAGE, T.BILINEAR})
 
-    def __init__(self, epsilon: float = 1e-6, share: bool = False) -> None:
+    def __init__(self, epsilon: float = 1e-6, share: bool = False,
+                 zero_params: str | Sequence[str] | None = None) -> None:
+        if epsilon < 0:
+            raise RuleError(f"{self.name}: ε must be >= 0, got {epsilon}")
         self.epsilon = float(epsilon)
         self.share = share  # split evenly over the active operands (bilinear products)
+        self.zero_params = zero_params
+        self.zero_bias = zero_bias(zero_params)
+
+    def _drops_bias(self, node: Node, active: list[int]) -> bool:
+        """``zero_params="bias"`` on a weighted op that has a bias: z is recomputed without it."""
+        if not self.zero_bias or node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMulAdd"):
+            return False
+        return len(active) == 1 and weighted_parts(node, active).b is not None
 
     def needs(self, node: Node, active: list[int]) -> tuple[set[int], set[int]]:
-        return operands(node), {0}  # the VJP re-runs the op with every operand
+        # the VJP re-runs the op with every operand
+        return operands(node), (set() if self._drops_bias(node, active) else {0})
 
     def apply(self, ctx, node, active, relevance, inputs, outputs):
         xp = ctx.xp
-        s = stabilized_ratio(xp, _first(relevance), outputs[0], self.epsilon)
+        if self._drops_bias(node, active):
+            p = weighted_parts(node, active)
+            z = run_with(ctx, node, inputs, p, inputs[p.x], inputs[p.w], None)
+        else:
+            z = outputs[0]
+        s = stabilized_ratio(xp, _first(relevance), z, self.epsilon)
         grads = ctx.vjp(node, inputs, active, [s])
         factor = 1.0 / len(active) if self.share else 1.0
         out: list[Array | None] = [None] * len(inputs)
@@ -40,7 +61,8 @@ class EpsilonRule(Rule):
         return out
 
     def describe(self) -> str:
-        return f"{self.name}(ε={self.epsilon:g}{', shared' if self.share else ''})"
+        zb = ", zero bias" if self.zero_bias else ""
+        return f"{self.name}(ε={self.epsilon:g}{', shared' if self.share else ''}{zb})"
 
 
 class ZRule(EpsilonRule):
@@ -48,6 +70,9 @@ class ZRule(EpsilonRule):
 
     name = "z"
     traits = frozenset({T.SUM, T.AVERAGE, T.AFFINE})
+
+    def __init__(self, epsilon: float = 1e-6) -> None:
+        super().__init__(epsilon)
 
 
 class BilinearRule(EpsilonRule):
@@ -74,18 +99,28 @@ class GradientRule(Rule):
         return out
 
 
-class IdentityRule(Rule):
-    """A pointwise nonlinearity passes relevance through unchanged."""
+class PassRule(Rule):
+    """Relevance passes through unchanged: pointwise nonlinearities, and affine ops when asked.
 
-    name = "identity"
-    traits = frozenset({T.ELEMENTWISE})
+    On an op that broadcasts its input up (``x * c`` with a bigger ``c``) the relevance is summed
+    back to the input's shape.
+    """
+
+    name = "pass"
+    traits = frozenset({T.ELEMENTWISE, T.AFFINE})
 
     def needs(self, node, active):
         return set(), set()
 
     def apply(self, ctx, node, active, relevance, inputs, outputs):
+        if len(active) != 1:
+            raise RuleError(f"{node.where()}: the pass rule needs exactly one activation operand")
+        r = _first(relevance)
+        shape = node.inputs[active[0]].shape
+        if shape is not None and None not in shape and tuple(shape) != tuple(ctx.xp.shape(r)):
+            r = sum_to_shape(ctx.xp, r, tuple(shape))
         out: list[Array | None] = [None] * len(node.inputs)
-        out[active[0]] = _first(relevance)
+        out[active[0]] = r
         return out
 
 
@@ -207,10 +242,4 @@ class GradientLookupRule(LookupRule):
         return super().apply(ctx, node, active, [relevance[0] * outputs[0]], inputs, outputs)
 
 
-RULE_CLASSES: dict[str, type[Rule]] = {
-    cls.name: cls for cls in (EpsilonRule, ZRule, BilinearRule, GradientRule, IdentityRule,
-                              UniformRule, HeldDenominatorRule, SoftmaxRule, LookupRule,
-                              IndexReshapeRule)
-}
-ALIASES = {"pass": "identity", "norm": "z", "winner-take-all": "gradient"}
 

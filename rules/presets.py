@@ -1,71 +1,135 @@
 """Named presets (Zennit calls them composites) and ``lrpir.Rules``, the user's rule configuration.
 
-A preset maps each op trait to a rule. ``Rules`` adds the numeric parameters and overrides keyed
-by op type (``"Conv"``) or by a provenance glob (``"features.*"``).
+A preset maps each op trait to a rule, and may give the first layer (the weighted ops reached from
+a float model input through shape-only ops and pads) rules of its own. ``Rules`` adds the numeric
+parameters and overrides keyed by op type (``"Conv"``) or by a provenance glob (``"features.*"``).
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lrpir.rules import basic
+from lrpir.rules import basic, weighted
 from lrpir.rules.base import Rule
 
 from lrpir import traits as T
 from lrpir.errors import RuleError
 
+TraitTable = dict[str, Rule]
+
 
 @dataclass(frozen=True)
 class Preset:
-    """A named rule set. ``mode="gradient"`` propagates gradients and multiplies by the input."""
+    """A named rule set.
+
+    ``build`` gives the rule of every trait; ``first`` (optional) the rules of first-layer ops by
+    trait (``conv``/``dense``). ``mode="gradient"`` propagates gradients and multiplies by the input.
+    """
 
     name: str
     description: str
-    build: Callable[[Rules], dict[str, Rule]]
+    build: Callable[[Rules], TraitTable]
     mode: str = "relevance"
+    first: Callable[[Rules], TraitTable] | None = None
 
 
-def _base_map(r: Rules) -> dict[str, Rule]:
+# -- rules by name, built from a Rules' parameters ---------------------------------------------
+RULE_FACTORIES: dict[str, Callable[[Rules], Rule]] = {
+    "epsilon": lambda r: basic.EpsilonRule(r.epsilon, zero_params=r.zero_params),
+    "z": lambda r: basic.ZRule(r.stabilizer),
+    "z-plus": lambda r: weighted.ZPlusRule(r.stabilizer, r.zero_params),
+    "alpha-beta": lambda r: weighted.AlphaBetaRule(r.alpha, r.beta, r.stabilizer, r.zero_params),
+    "gamma": lambda r: weighted.GammaRule(r.gamma, r.stabilizer, r.zero_params),
+    "z-box": lambda r: weighted.ZBoxRule(r.low, r.high, r.stabilizer, r.zero_params),
+    "w-square": lambda r: weighted.WSquareRule(r.stabilizer, r.zero_params),
+    "flat": lambda r: weighted.FlatRule(r.stabilizer),
+    "pass": lambda r: basic.PassRule(),
+    "gradient": lambda r: basic.GradientRule(),
+    "uniform": lambda r: basic.UniformRule(),
+    "bilinear": lambda r: basic.BilinearRule(r.stabilizer),
+    "held-denominator": lambda r: basic.HeldDenominatorRule(r.stabilizer),
+    "softmax": lambda r: basic.SoftmaxRule(),
+    "lookup": lambda r: basic.LookupRule(),
+    "index": lambda r: basic.IndexReshapeRule(),
+}
+ALIASES = {"identity": "pass", "norm": "z", "winner-take-all": "gradient", "zplus": "z-plus",
+           "alphabeta": "alpha-beta", "alpha2-beta1": "alpha-beta", "zbox": "z-box",
+           "wsquare": "w-square", "w2": "w-square", "lrp-0": "epsilon"}
+
+
+def rule_names() -> list[str]:
+    return sorted(RULE_FACTORIES)
+
+
+# -- presets -----------------------------------------------------------------------------------
+def _base_map(r: Rules) -> TraitTable:
     """What every relevance preset shares: structural rules and the z-rule for sums and pools."""
     return {
-        T.SUM: basic.ZRule(r.epsilon),
-        T.AVERAGE: basic.ZRule(r.epsilon),
-        T.AFFINE: basic.EpsilonRule(r.epsilon),
+        T.SUM: basic.ZRule(r.stabilizer),
+        T.AVERAGE: basic.ZRule(r.stabilizer),
+        T.AFFINE: basic.EpsilonRule(r.stabilizer),
         T.MAX: basic.GradientRule(),
         T.SHAPE: basic.GradientRule(),
-        T.ELEMENTWISE: basic.IdentityRule(),
+        T.ELEMENTWISE: basic.PassRule(),
         T.PRODUCT: basic.UniformRule(),
-        T.BILINEAR: basic.BilinearRule(r.epsilon),
-        T.RATIO: basic.HeldDenominatorRule(r.epsilon),
-        T.NORMALIZE: basic.HeldDenominatorRule(r.epsilon),
+        T.BILINEAR: basic.BilinearRule(r.stabilizer),
+        T.RATIO: basic.HeldDenominatorRule(r.stabilizer),
+        T.NORMALIZE: basic.HeldDenominatorRule(r.stabilizer),
         T.SOFTMAX: basic.SoftmaxRule(),
         T.LOOKUP: basic.LookupRule(),
         T.INDEX: basic.IndexReshapeRule(),
     }
 
 
-def _epsilon(r: Rules) -> dict[str, Rule]:
-    return {**_base_map(r), T.LINEAR: basic.EpsilonRule(r.epsilon)}
+def _composite(conv: str, dense: str = "epsilon") -> Callable[[Rules], TraitTable]:
+    def build(r: Rules) -> TraitTable:
+        return {**_base_map(r), T.CONV: r.make(conv), T.DENSE: r.make(dense)}
+    return build
 
 
-def _gradient_x_input(r: Rules) -> dict[str, Rule]:
-    table: dict[str, Rule] = {t: basic.GradientRule() for t in T.ALL_TRAITS}
+def _first(rule: str) -> Callable[[Rules], TraitTable]:
+    def build(r: Rules) -> TraitTable:
+        made = r.make(rule)
+        return {T.CONV: made, T.DENSE: made}
+    return build
+
+
+def _gradient_x_input(r: Rules) -> TraitTable:
+    table: TraitTable = {t: basic.GradientRule() for t in T.ALL_TRAITS}
     table[T.LOOKUP] = basic.GradientLookupRule()
     table[T.INDEX] = basic.IndexReshapeRule()
     return table
 
 
-EPSILON = Preset("epsilon", "ε-rule on every linear op; z-rule on sums and average pools", _epsilon)
+EPSILON = Preset("epsilon", "ε-rule on every weighted op; z-rule on sums and average pools",
+                 _composite("epsilon"))
+EPSILON_PLUS = Preset("epsilon-plus", "z-plus on convolutions, ε on dense layers",
+                      _composite("z-plus"))
+EPSILON_PLUS_FLAT = Preset("epsilon-plus-flat",
+                           "z-plus on convolutions, ε on dense layers, flat on the first layer",
+                           _composite("z-plus"), first=_first("flat"))
+EPSILON_ALPHA2_BETA1 = Preset("epsilon-alpha2-beta1",
+                              "alpha-beta (α=2, β=1) on convolutions, ε on dense layers",
+                              _composite("alpha-beta"))
+EPSILON_ALPHA2_BETA1_FLAT = Preset(
+    "epsilon-alpha2-beta1-flat",
+    "alpha-beta (α=2, β=1) on convolutions, ε on dense layers, flat on the first layer",
+    _composite("alpha-beta"), first=_first("flat"))
+EPSILON_GAMMA_BOX = Preset("epsilon-gamma-box",
+                           "γ on convolutions, ε on dense layers, z-box on the first layer "
+                           "(needs low and high)",
+                           _composite("gamma"), first=_first("z-box"))
 GRADIENT_X_INPUT = Preset("gradient-x-input", "x ⊙ ∂(start/y)/∂x: the plain gradient times the input",
                           _gradient_x_input, mode="gradient")
 
-BUILTIN_PRESETS = {p.name: p for p in (EPSILON, GRADIENT_X_INPUT)}
+BUILTIN_PRESETS = {p.name: p for p in (EPSILON, EPSILON_PLUS, EPSILON_PLUS_FLAT, EPSILON_ALPHA2_BETA1,
+                                       EPSILON_ALPHA2_BETA1_FLAT, EPSILON_GAMMA_BOX, GRADIENT_X_INPUT)}
 
 
 def available_presets() -> dict[str, Preset]:
+    """The built-in presets and those that plugins register in the ``lrpir.rules`` group."""
     from lrpir import plugins
 
     found = dict(BUILTIN_PRESETS)
@@ -78,47 +142,71 @@ def available_presets() -> dict[str, Preset]:
 class Rules:
     """A preset plus its parameters and overrides.
 
+    ``epsilon`` is the ε of ε-rules; ``stabilizer`` (default: the same as ``epsilon``) the ε that
+    keeps the denominators of every other rule away from zero. ``low``/``high`` bound the inputs
+    for z-box, in the inputs' own layout (a number, an array that broadcasts to the input, or a
+    dict by input name). ``zero_params="bias"`` drops biases inside the weighted-op rules, as
+    Zennit's argument of that name does.
+
     ``overrides`` keys are op types (``"Conv"``) or provenance globs (``"features.*"``, matched with
     ``fnmatch`` against each node's dotted module path); values are rule names or :class:`Rule`
-    objects. A later key wins over an earlier one where both match a node.
+    objects. Overrides win over the first-layer rules, which win over the preset's trait table; a
+    later key wins over an earlier one where both match a node.
     """
 
-    def __init__(self, preset: str = "epsilon", *, epsilon: float = 1e-6, gamma: float = 0.25,
-                 alpha: float = 2.0, beta: float = 1.0, low: Any = None, high: Any = None,
+    def __init__(self, preset: str = "epsilon", *, epsilon: float = 1e-6,
+                 stabilizer: float | None = None, gamma: float = 0.25, alpha: float = 2.0,
+                 beta: float = 1.0, low: Any = None, high: Any = None,
+                 zero_params: str | Sequence[str] | None = None,
                  overrides: dict[str, str | Rule] | None = None) -> None:
         presets = available_presets()
-        if preset not in presets:
+        if not isinstance(preset, str) or preset not in presets:
             raise RuleError(f"unknown rule preset {preset!r}; available: {', '.join(sorted(presets))}")
-        if epsilon < 0:
-            raise RuleError(f"epsilon must be >= 0, got {epsilon}")
+        for arg, value in (("epsilon", epsilon), ("stabilizer", stabilizer), ("gamma", gamma)):
+            if value is not None and not float(value) >= 0:
+                raise RuleError(f"{arg} must be >= 0, got {value}")
+        weighted.zero_bias(zero_params)  # validates
         self.preset = presets[preset]
-        self.epsilon, self.gamma, self.alpha, self.beta = float(epsilon), gamma, alpha, beta
-        self.low, self.high = low, high
+        self.epsilon = float(epsilon)
+        self.stabilizer = self.epsilon if stabilizer is None else float(stabilizer)
+        self.gamma, self.alpha, self.beta = float(gamma), float(alpha), float(beta)
+        self.low, self.high, self.zero_params = low, high, zero_params
+        if overrides is not None and not isinstance(overrides, dict):
+            raise RuleError(f"overrides must be a dict of op type or provenance glob → rule, got "
+                            f"{type(overrides).__name__}")
         self.overrides = {k: self._rule(k, v) for k, v in (overrides or {}).items()}
         self.table = self.preset.build(self)
+        self.first = self.preset.first(self) if self.preset.first is not None else {}
 
     @property
     def mode(self) -> str:
         return self.preset.mode
 
+    def make(self, name: str) -> Rule:
+        """The rule called ``name`` with this configuration's parameters."""
+        key = ALIASES.get(name, name)
+        if key not in RULE_FACTORIES:
+            raise RuleError(f"unknown rule {name!r}; known rules: {', '.join(rule_names())}")
+        return RULE_FACTORIES[key](self)
+
     def _rule(self, key: str, value: str | Rule) -> Rule:
+        if not isinstance(key, str) or not key:
+            raise RuleError(f"override keys must be op types or provenance globs, got {key!r}")
         if isinstance(value, Rule):
             return value
         if not isinstance(value, str):
             raise RuleError(f"override {key!r}: expected a rule name or a Rule object, got {value!r}")
-        name = basic.ALIASES.get(value, value)
-        if name not in basic.RULE_CLASSES:
-            raise RuleError(f"override {key!r}: unknown rule {value!r}; known rules: "
-                            f"{', '.join(sorted(basic.RULE_CLASSES))}")
-        cls = basic.RULE_CLASSES[name]
-        params = inspect.signature(cls.__init__).parameters
-        return cls(self.epsilon) if "epsilon" in params else cls()
+        try:
+            return self.make(value)
+        except RuleError as exc:
+            raise RuleError(f"override {key!r}: {exc}") from None
 
     def key(self) -> str:
         """A stable description, part of the plan's cache key."""
         table = ",".join(f"{t}={r.describe()}" for t, r in sorted(self.table.items()))
+        first = ",".join(f"{t}={r.describe()}" for t, r in sorted(self.first.items()))
         over = ",".join(f"{k}={r.describe()}" for k, r in self.overrides.items())
-        return f"{self.preset.name}|{table}|{over}"
+        return f"{self.preset.name}|{table}|first:{first}|{over}"
 
     def __repr__(self) -> str:
         shown = {k: r.describe() for k, r in self.overrides.items()}

@@ -121,7 +121,7 @@ def test_inspect_shows_rules_and_plan(cnn, capsys):
     code, out, err = _run(capsys, "inspect", cnn)
     assert code == 0, err
     assert "x[1×3×16×16" in out  # the dynamic batch defaulted to 1
-    assert "Conv(" in out and "epsilon(ε=1e-06) (linear)" in out and "(max)" in out
+    assert "Conv(" in out and "epsilon(ε=1e-06) (conv)" in out and "(max)" in out
     assert "canonicalisation:" in out
     assert "plan " in out and "promises:" in out and "relevance:" in out
 
