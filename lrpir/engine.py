@@ -54,21 +54,22 @@ def relevance_path(graph: Graph, explained: Value,
 
 
 def _override_keys(graph: Graph, rules: Rules) -> None:
+    """Every override key must name an op type of this model or match a provenance in it."""
     op_types = {n.op_type for n in graph.nodes}
     provenances = [n.provenance for n in graph.nodes if n.provenance]
     for key in rules.overrides:
-        if key in T.KNOWN_OPS or key in op_types:
+        if key in op_types or any(fnmatch.fnmatchcase(p, key) for p in provenances):
             continue
-        if any(fnmatch.fnmatchcase(p, key) for p in provenances):
-            continue
-        raise RuleError(f"override key {key!r} is neither an op type nor a provenance glob that "
-                        f"matches any op of this model; op types here: {', '.join(sorted(op_types))}")
+        kind = "op type" if key in T.KNOWN_OPS else "op type or provenance glob"
+        raise RuleError(f"override key {key!r} matches no op of this model (as an {kind}); op "
+                        f"types here: {', '.join(sorted(op_types))}; see `lrpir inspect MODEL` for "
+                        "the provenance of each op")
 
 
 def _override_for(node: Node, rules: Rules, op_types: set[str]) -> tuple[str, Rule] | None:
     hit = None
     for key, rule in rules.overrides.items():
-        if key in T.KNOWN_OPS or key in op_types:
+        if key in op_types:
             if node.op_type == key:
                 hit = (key, rule)
         elif node.provenance and fnmatch.fnmatchcase(node.provenance, key):

@@ -42,3 +42,18 @@ def exporter(request):
 def onnx_export():
     """The :func:`export_onnx` helper (importlib mode keeps conftest out of ``import``)."""
     return export_onnx
+
+
+@pytest.fixture(scope="session")
+def lrp_ref():
+    """``tests/lrp_reference.py``: the float64 matrix-form LRP oracle (loaded by path)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).with_name("lrp_reference.py")
+    spec = importlib.util.spec_from_file_location("lrp_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
