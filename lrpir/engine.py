@@ -53,26 +53,54 @@ def relevance_path(graph: Graph, explained: Value,
     return path
 
 
-def _override_keys(graph: Graph, rules: Rules) -> None:
-    """Every override key must name an op type of this model or match a provenance in it."""
+@dataclass(frozen=True)
+class OverrideKey:
+    """An override key: an op type (``"Conv"``), a provenance glob (``"features.*"``), or both
+    (``"Conv@features.*"``: the Convs under ``features``)."""
+
+    text: str
+    op_type: str | None
+    glob: str | None
+
+    @classmethod
+    def parse(cls, key: str, op_types: set[str]) -> OverrideKey:
+        if "@" in key:
+            op, _, glob = key.partition("@")
+            return cls(key, op or None, glob or None)
+        if key in op_types or key in T.KNOWN_OPS:
+            return cls(key, key, None)
+        return cls(key, None, key)
+
+    def matches(self, node: Node) -> bool:
+        if self.op_type is not None and node.op_type != self.op_type:
+            return False
+        return self.glob is None or bool(node.provenance
+                                         and fnmatch.fnmatchcase(node.provenance, self.glob))
+
+
+def _override_keys(graph: Graph, rules: Rules) -> list[tuple[OverrideKey, Rule]]:
+    """Parse the override keys; every key must match some op of this model."""
     op_types = {n.op_type for n in graph.nodes}
-    provenances = [n.provenance for n in graph.nodes if n.provenance]
-    for key in rules.overrides:
-        if key in op_types or any(fnmatch.fnmatchcase(p, key) for p in provenances):
-            continue
-        kind = "op type" if key in T.KNOWN_OPS else "op type or provenance glob"
-        raise RuleError(f"override key {key!r} matches no op of this model (as an {kind}); op "
-                        f"types here: {', '.join(sorted(op_types))}; see `lrpir inspect MODEL` for "
-                        "the provenance of each op")
+    keys = []
+    for text, rule in rules.overrides.items():
+        key = OverrideKey.parse(text, op_types)
+        if not any(key.matches(n) for n in graph.nodes):
+            what = ("op type" if key.glob is None else "provenance glob" if key.op_type is None
+                    else "op type and provenance glob")
+            raise RuleError(f"override key {text!r} matches no op of this model (as an {what}); op "
+                            f"types here: {', '.join(sorted(op_types))}; `lrpir inspect MODEL` shows "
+                            "the provenance of each op")
+        keys.append((key, rule))
+    return keys
 
 
-def _override_for(node: Node, rules: Rules, op_types: set[str]) -> tuple[str, Rule] | None:
+def _override_for(node: Node, trait: str, keys: list[tuple[OverrideKey, Rule]],
+                  gradient: bool) -> tuple[OverrideKey, Rule] | None:
+    """The last matching key. A key with an op type must fit that op; a bare glob only applies to
+    the ops under it that its rule can take (``"features.*": "gamma"`` leaves the ReLUs alone)."""
     hit = None
-    for key, rule in rules.overrides.items():
-        if key in op_types:
-            if node.op_type == key:
-                hit = (key, rule)
-        elif node.provenance and fnmatch.fnmatchcase(node.provenance, key):
+    for key, rule in keys:
+        if key.matches(node) and (key.op_type is not None or gradient or trait in rule.traits):
             hit = (key, rule)
     return hit
 
@@ -83,8 +111,9 @@ def assign_rules(graph: Graph, explained: Value, rules: Rules, index_values: set
     Overrides win over the preset's first-layer rules, which win over its trait table. Each rule is
     then fitted to its op (``Rule.specialize``): z-box carries its bounds to the op's input there.
     """
-    _override_keys(graph, rules)
-    op_types = {n.op_type for n in graph.nodes}
+    keys = _override_keys(graph, rules)
+    gradient = rules.mode == "gradient"
+    used: set[str] = set()
     path = relevance_path(graph, explained, index_values)
     first = find_first_layer(path, graph.inputs)
     if rules.first and not first.ops and rules.mode != "gradient":
@@ -104,13 +133,14 @@ def assign_rules(graph: Graph, explained: Value, rules: Rules, index_values: set
         rule, source = rules.table.get(trait), "preset"
         if id(node) in first.ops and trait in rules.first:
             rule, source = rules.first[trait], "first layer"
-        hit = _override_for(node, rules, op_types)
+        hit = _override_for(node, trait, keys, gradient)
         if hit is not None:
-            source = f"override {hit[0]!r}"
-            rule = hit[1]
-            if trait not in rule.traits and rules.mode != "gradient":
-                wrong.append(f"{node.where()} is a {trait} op; rule {rule.name!r} (from override "
-                             f"{hit[0]!r}) takes only {', '.join(sorted(rule.traits))} ops")
+            key, rule = hit
+            source = f"override {key.text!r}"
+            used.add(key.text)
+            if trait not in rule.traits and not gradient:
+                wrong.append(f"{node.where()} has trait {trait!r}; rule {rule.name!r} (from override "
+                             f"{key.text!r}) takes only {', '.join(sorted(rule.traits))} ops")
                 continue
         if rule is None:
             missing.append(f"{node.where()} ({trait} op: preset {rules.preset.name!r} has no rule)")
@@ -122,6 +152,11 @@ def assign_rules(graph: Graph, explained: Value, rules: Rules, index_values: set
             wrong.append(f"{node.where()}: {exc}")
             continue
         out.append(Assignment(node, trait, rule, active, source))
+    on_path = [n for n, _, _ in path]
+    for key, rule in keys:
+        if key.text not in used and any(key.matches(n) for n in on_path):
+            wrong.append(f"override {key.text!r}: rule {rule.name!r} takes only "
+                         f"{', '.join(sorted(rule.traits))} ops, and no op it matches is one")
     if wrong:
         raise RuleError("rules that ops cannot take:\n  " + "\n  ".join(wrong))
     if missing:

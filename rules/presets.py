@@ -148,10 +148,12 @@ class Rules:
     dict by input name). ``zero_params="bias"`` drops biases inside the weighted-op rules, as
     Zennit's argument of that name does.
 
-    ``overrides`` keys are op types (``"Conv"``) or provenance globs (``"features.*"``, matched with
-    ``fnmatch`` against each node's dotted module path); values are rule names or :class:`Rule`
-    objects. Overrides win over the first-layer rules, which win over the preset's trait table; a
-    later key wins over an earlier one where both match a node.
+    ``overrides`` keys are op types (``"Conv"``), provenance globs (``"features.*"``, matched with
+    ``fnmatch`` against each node's dotted module path) or both (``"Conv@features.*"``); values are
+    rule names or :class:`Rule` objects. A bare glob applies to the ops under it that its rule can
+    take. Overrides win over the first-layer rules, which win over the preset's trait table; a
+    later key wins over an earlier one where both match a node. A key that matches no op of the
+    model is an error.
     """
 
     def __init__(self, preset: str = "epsilon", *, epsilon: float = 1e-6,

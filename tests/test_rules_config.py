@@ -1,0 +1,163 @@
+"""``lrpir.Rules``: overrides change exactly the ops they name; bad configurations are clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from lrpir.rules.base import Rule  # noqa: E402
+
+import lrpir  # noqa: E402
+
+nn = torch.nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(4 * 4 * 4, 6), nn.ReLU(),
+                                        nn.Linear(6, 3))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+@pytest.fixture(scope="module")
+def net(onnx_export):
+    torch.manual_seed(0)
+    model = Net().double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    return onnx_export(model, x), x.numpy()
+
+
+def _assigned(exp):
+    return {a.node.name: (a.node.op_type, a.node.provenance, a.rule.name, a.source)
+            for a in exp.plan.assignments}
+
+
+def _changed(base, other):
+    return {k for k in base if base[k][2:] != other[k][2:]}
+
+
+def test_provenance_is_the_module_path(net):
+    proto, x = net
+    got = {(op, prov) for op, prov, _, _ in _assigned(lrpir.explain(proto, x)).values()}
+    assert {("Conv", "features.0"), ("Conv", "features.2"), ("Gemm", "classifier.1"),
+            ("Gemm", "classifier.3"), ("Relu", "features.1")} <= got
+
+
+@pytest.mark.parametrize("key,expected", [
+    ("Conv", {"features.0", "features.2"}),
+    ("features.*", {"features.0", "features.2"}),     # the ReLUs and the pool can't take gamma
+    ("Conv@features.2", {"features.2"}),
+    ("classifier.3", {"classifier.3"}),
+    ("Gemm@classifier.*", {"classifier.1", "classifier.3"}),
+])
+def test_an_override_changes_exactly_the_ops_it_names(net, key, expected):
+    proto, x = net
+    base = lrpir.explain(proto, x)
+    over = lrpir.explain(proto, x, rules=lrpir.Rules("epsilon", overrides={key: "gamma"}))
+    a, b = _assigned(base), _assigned(over)
+    changed = _changed(a, b)
+    assert {a[k][1] for k in changed} == expected
+    assert all(b[k][2] == "gamma" and b[k][3] == f"override {key!r}" for k in changed)
+    assert not np.allclose(base.relevance[0], over.relevance[0])
+
+
+def test_later_override_wins_and_rule_objects_are_accepted(net):
+    proto, x = net
+
+    class Halve(Rule):
+        name = "halve"
+        traits = frozenset({"elementwise"})
+
+        def needs(self, node, active):
+            return set(), set()
+
+        def apply(self, ctx, node, active, relevance, inputs, outputs):
+            return [relevance[0] * 0.5]
+
+    rules = lrpir.Rules("epsilon", overrides={"Conv": "z-plus", "features.2": "flat",
+                                              "Relu@classifier.*": Halve()})
+    got = _assigned(lrpir.explain(proto, x, rules=rules))
+    by_prov = {prov: rule for _, prov, rule, _ in got.values()}
+    assert by_prov["features.0"] == "z-plus" and by_prov["features.2"] == "flat"
+    assert by_prov["classifier.2"] == "halve" and by_prov["features.1"] == "pass"
+
+
+def test_first_layer_rules_and_their_precedence(net):
+    proto, x = net
+    got = _assigned(lrpir.explain(proto, x, rules="epsilon-plus-flat"))
+    by_prov = {prov: (rule, src) for _, prov, rule, src in got.values()}
+    assert by_prov["features.0"] == ("flat", "first layer")
+    assert by_prov["features.2"] == ("z-plus", "preset")
+    assert by_prov["classifier.1"] == ("epsilon", "preset")
+    over = lrpir.Rules("epsilon-plus-flat", overrides={"features.0": "w-square"})
+    got = _assigned(lrpir.explain(proto, x, rules=over))
+    assert {prov: rule for _, prov, rule, _ in got.values()}["features.0"] == "w-square"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"preset": "no-such"}, "unknown rule preset 'no-such'"),
+    ({"preset": "epsilon-gamma-box"}, "z-box rule needs low and high"),
+    ({"preset": "epsilon-gamma-box", "low": 0.0}, "z-box rule needs low and high"),
+    ({"epsilon": -1.0}, "epsilon must be >= 0"),
+    ({"gamma": -0.5}, "gamma must be >= 0"),
+    ({"preset": "epsilon-alpha2-beta1", "alpha": 3.0, "beta": 1.0}, "alpha - beta = 1"),
+    ({"zero_params": "weight"}, "zero_params may only name 'bias'"),
+    ({"overrides": {"Conv": "no-such-rule"}}, "override 'Conv': unknown rule 'no-such-rule'"),
+    ({"overrides": {"Conv": 3}}, "expected a rule name or a Rule object"),
+    ({"overrides": ["Conv"]}, "overrides must be a dict"),
+])
+def test_bad_configurations_are_errors(kwargs, message):
+    kwargs = dict(kwargs)
+    preset = kwargs.pop("preset", "epsilon")
+    with pytest.raises(lrpir.RuleError, match=message.replace("(", r"\(")):
+        lrpir.Rules(preset, **kwargs)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"LSTM": "epsilon"}, "override key 'LSTM' matches no op of this model"),
+    ({"encoder.*": "epsilon"}, "override key 'encoder.\\*' matches no op"),
+    ({"Relu": "gamma"}, "Relu.* has trait 'elementwise'; rule 'gamma'"),
+    ({"features.1": "gamma"}, "override 'features.1': rule 'gamma' takes only conv, dense ops"),
+])
+def test_overrides_that_do_not_fit_the_model_are_errors(net, overrides, message):
+    proto, x = net
+    with pytest.raises(lrpir.RuleError, match=message):
+        lrpir.explain(proto, x, rules=lrpir.Rules("epsilon", overrides=overrides))
+
+
+def test_z_box_bounds_must_fit_the_input(net):
+    proto, x = net
+    with pytest.raises(lrpir.RuleError, match="low of shape \\(4,\\) does not broadcast to input"):
+        lrpir.explain(proto, x, rules=lrpir.Rules("epsilon-gamma-box", low=np.zeros(4), high=1.0))
+    with pytest.raises(lrpir.RuleError, match="low exceeds high"):
+        lrpir.explain(proto, x, rules=lrpir.Rules("epsilon-gamma-box", low=1.0, high=0.0))
+    with pytest.raises(lrpir.RuleError, match="without an entry for input 'in0'"):
+        lrpir.explain(proto, x, rules=lrpir.Rules("epsilon-gamma-box", low={"x": 0.0}, high=1.0))
+    ok = lrpir.explain(proto, x, rules=lrpir.Rules("epsilon-gamma-box", low={"in0": -3.0},
+                                                   high={"in0": 3.0}))
+    assert np.isfinite(ok.relevance[0]).all()
+
+
+def test_a_model_without_a_first_layer_is_an_error_for_first_layer_presets(onnx_export):
+    class Normalised(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+
+        def forward(self, x):
+            return self.conv(torch.relu(x)).flatten(1)
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 5, 5)
+    proto = onnx_export(Normalised().eval(), x)
+    with pytest.raises(lrpir.RuleError, match="no weighted op .* is reached from a float model input"):
+        lrpir.explain(proto, x.numpy(), rules="epsilon-plus-flat")
+    # naming the op instead works
+    exp = lrpir.explain(proto, x.numpy(), rules=lrpir.Rules("epsilon", overrides={"Conv": "flat"}))
+    assert np.isfinite(exp.relevance[0]).all()
