@@ -128,6 +128,28 @@ def test_efficientnet_chelsea(effnet, effnet_onnx, photos):
     assert {"Conv", "Clip", "Gemm"} <= ops
 
 
+PRESETS = ["epsilon-plus", "epsilon-plus-flat", "epsilon-alpha2-beta1", "epsilon-alpha2-beta1-flat",
+           "epsilon-gamma-box"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_efficientnet_every_preset(effnet_onnx, photos, preset):
+    """Every preset runs on the trained network: finite, and the conservation identity holds."""
+    x = photos[:1]
+    rules = lrpir.Rules(preset, low=-1.0, high=1.0) if preset.endswith("box") else preset
+    exp = lrpir.explain(effnet_onnx, x, target=EGYPTIAN_CAT, rules=rules)
+    (r,) = exp.relevance
+    assert np.isfinite(r).all()
+    c = exp.conservation
+    scale = max(abs(c.start[0]), c.absorbed[0], c.created[0])
+    assert abs(c.inputs[0] + c.absorbed[0] - c.created[0] - c.start[0]) <= 1e-4 * scale
+    sources = {a.source for a in exp.plan.assignments if a.node.op_type == "Conv"}
+    assert ("first layer" in sources) == preset.endswith(("flat", "box"))
+    if preset == "epsilon-gamma-box":
+        # the z-box / γ picture is dominated by positive evidence (plain ε is not: ±480 around 0.2)
+        assert r[r > 0].sum() > 4 * -r[r < 0].sum()
+
+
 def test_efficientnet_batch_matches_single(effnet, effnet_onnx, photos):
     logits = _logits(effnet, photos)
     assert logits.argmax(1).tolist() == [EGYPTIAN_CAT, ESPRESSO]
