@@ -1,13 +1,15 @@
 """Cost of a relevance pass relative to a gradient pass, measured in the same run.
 
     python benchmarks/bench_relevance.py [--device cuda] [--batch 32] [--reps 20]
-                                         [--models resnet,efficientnet]
+                                         [--models resnet,efficientnet] [--rules epsilon,...]
 
 For each model: the gradient pass is torch autograd on the original module (forward + backward of
 the target logits); lrpir is a compiled explainer on the model's ONNX export, timed end to end
 (``explainer(x)``: inputs checked, forward, relevance, results copied to numpy) and as the bare plan
-run (no input checks, no copies). Ratios are lrpir time / gradient time. GPU numbers are the ones
-that count for speed; CPU numbers show trends. TF32 is off so both sides compute in full float32.
+run (no input checks, no copies), once per rule preset (``--rules``; the box preset bounds the
+inputs by [-4, 4], which covers the benchmark's inputs). Ratios are lrpir time / gradient time.
+GPU numbers are the ones that count for speed; CPU numbers show trends. TF32 is off so both sides
+compute in full float32.
 """
 
 from __future__ import annotations
@@ -87,7 +89,11 @@ def timed(fn, reps: int, device: str) -> float:
     return statistics.median(samples)
 
 
-def bench(name: str, batch: int, reps: int, device: str) -> dict:
+def _rules(preset: str):
+    return lrpir.Rules(preset, low=-4.0, high=4.0) if preset.endswith("box") else preset
+
+
+def bench(name: str, batch: int, reps: int, device: str, presets: list[str]) -> list[dict]:
     model = build(name)
     x = torch.randn(batch, 3, 224, 224)
     f = io.BytesIO()
@@ -106,27 +112,37 @@ def bench(name: str, batch: int, reps: int, device: str) -> dict:
         (g,) = torch.autograd.grad(y.gather(1, target[:, None]).sum(), xx)
         return g
 
-    explainer = lrpir.compile(_proto(f.getvalue()), xd)
+    with torch.no_grad():
+        forward = timed(lambda: model(xd), reps, device)
+    grad = timed(gradient, reps, device)
+    rows = []
+    for preset in presets:
+        full, bare, exp, compiled = _time_preset(f.getvalue(), preset, x, xd, target, reps, device)
+        rows.append({"model": name, "rules": preset, "device": device, "batch": batch,
+                     "forward_ms": round(forward * 1e3, 2), "gradient_ms": round(grad * 1e3, 2),
+                     "lrpir_ms": round(full * 1e3, 2), "lrpir_plan_ms": round(bare * 1e3, 2),
+                     "ratio_explain_to_gradient": round(full / grad, 3),
+                     "ratio_plan_to_gradient": round(bare / grad, 3),
+                     "inputs_over_start": float(np.mean(exp.conservation.ratio)),
+                     "ops": len(compiled.graph.nodes)})
+    return rows
+
+
+def _time_preset(onnx_bytes: bytes, preset: str, x, xd, target, reps: int, device: str):
+    """(explain() time, bare plan time, an explanation, the compiled plan) for one preset."""
+    explainer = lrpir.compile(_proto(onnx_bytes), xd, rules=_rules(preset))
     targets = target.cpu().tolist()
-    explain = lambda: explainer(xd, target=targets)  # noqa: E731
     compiled = explainer.compiled([x.numpy()], 0, torch.device(device))
+
+    def explain():
+        return explainer(xd, target=targets)
 
     def plan_only():
         return compiled.executable.run({"x": xd}, lambda y: _seed(y, target))
 
-    with torch.no_grad():
-        forward = timed(lambda: model(xd), reps, device)
-    grad = timed(gradient, reps, device)
     full = timed(explain, reps, device)
     bare = timed(plan_only, reps, device)
-    exp = explain()
-    return {"model": name, "device": device, "batch": batch,
-            "forward_ms": round(forward * 1e3, 2), "gradient_ms": round(grad * 1e3, 2),
-            "lrpir_ms": round(full * 1e3, 2), "lrpir_plan_ms": round(bare * 1e3, 2),
-            "ratio_explain_to_gradient": round(full / grad, 3),
-            "ratio_plan_to_gradient": round(bare / grad, 3),
-            "inputs_over_start": float(np.mean(exp.conservation.ratio)),
-            "ops": len(compiled.graph.nodes)}
+    return full, bare, explain(), compiled
 
 
 def _proto(data: bytes):
@@ -146,12 +162,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--models", default="resnet,efficientnet")
+    parser.add_argument("--rules", default="epsilon",
+                        help="comma-separated presets, e.g. epsilon,epsilon-gamma-box")
     args = parser.parse_args()
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     for name in args.models.split(","):
         try:
-            print(json.dumps(bench(name, args.batch, args.reps, args.device)), flush=True)
+            for row in bench(name, args.batch, args.reps, args.device, args.rules.split(",")):
+                print(json.dumps(row), flush=True)
         except ImportError as exc:
             print(json.dumps({"model": name, "skipped": str(exc)}), flush=True)
 
