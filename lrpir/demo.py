@@ -24,7 +24,12 @@ from lrpir.errors import LrpirError
 
 MODEL_FILE = "efficientnet-lite0.onnx"
 PNG_FILE = "lrpir-demo.png"
+PRESET = "epsilon-gamma-box"
 _SIZE = 224
+# The model's input is x = pixel / 127.5 - 1 (load_chelsea), so the z-box bounds of the first
+# layer are the values of pixels 0 and 255: -1 and 1.
+_SCALE, _SHIFT = 127.5, -1.0
+LOW, HIGH = 0 / _SCALE + _SHIFT, 255 / _SCALE + _SHIFT
 
 
 def resolve_cache_dir(path: str | os.PathLike | None = None) -> Path:
@@ -96,7 +101,7 @@ def load_chelsea(size: int = _SIZE) -> tuple[np.ndarray, np.ndarray]:
     pil = _require("PIL.Image", "pillow")
     img = pil.fromarray(data.chelsea()).convert("RGB").resize((size, size), pil.BILINEAR)
     hwc = np.asarray(img, dtype=np.uint8)
-    x = (hwc.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None]
+    x = (hwc.astype(np.float32) / _SCALE + _SHIFT).transpose(2, 0, 1)[None]
     return hwc, np.ascontiguousarray(x)
 
 
@@ -122,6 +127,9 @@ def run_demo(out_dir: str | os.PathLike | None = None,
              cache_dir: str | os.PathLike | None = None) -> dict:
     """Explain EfficientNet-Lite0 on the cat photo, print the result, write the heatmap PNG.
 
+    The rules are epsilon-gamma-box (z-box on the stem, γ on the other convolutions, ε on the
+    classifier): plain ε gives a noisy map on a network this deep, z-box needs the input's range.
+
     Returns ``{"target", "top5" (list of (class, probability, name)), "png", "explanation",
     "model", "seconds"}``.
     """
@@ -131,7 +139,8 @@ def run_demo(out_dir: str | os.PathLike | None = None,
     t0 = time.perf_counter()
     model = export_efficientnet(cache_dir)
     hwc, x = load_chelsea()
-    exp = lrpir.explain(str(model), x, rules="epsilon")
+    rules = lrpir.Rules(PRESET, low=LOW, high=HIGH)
+    exp = lrpir.explain(str(model), x, rules=rules)
     seconds = time.perf_counter() - t0
 
     logits = np.asarray(exp.output, dtype=np.float64)[0]
@@ -141,7 +150,8 @@ def run_demo(out_dir: str | os.PathLike | None = None,
     top5 = [(int(k), float(p[k]), class_name(int(k), names)) for k in np.argsort(-p)[:5]]
     target = int(exp.target[0]) if exp.target is not None else top5[0][0]
 
-    print(f"EfficientNet-Lite0 ({model}) on skimage.data.chelsea(), rules='epsilon'")
+    print(f"EfficientNet-Lite0 ({model}) on skimage.data.chelsea(), rules={PRESET!r} "
+          f"(z-box bounds low={LOW:g}, high={HIGH:g}: the values of pixels 0 and 255)")
     print("top-5 classes:")
     for k, prob, name in top5:
         print(f"  {k:4d}  {prob:6.3f}  {name}")
@@ -150,7 +160,7 @@ def run_demo(out_dir: str | os.PathLike | None = None,
 
     out = Path(out_dir) if out_dir is not None else Path.cwd()
     png = Path(save_heatmap(out / PNG_FILE, exp.relevance[0], image=hwc,
-                            title=f"{class_name(target, names)} ({target}), epsilon-LRP"))
+                            title=f"{class_name(target, names)} ({target}), LRP {PRESET}"))
     print(f"heatmap written to {png}")
     print(f"done in {seconds:.1f} s")
     return {"target": target, "top5": top5, "png": png, "explanation": exp, "model": model,

@@ -211,9 +211,23 @@ class Rules:
         return f"{self.preset.name}|{table}|first:{first}|{over}"
 
     def __repr__(self) -> str:
-        shown = {k: r.describe() for k, r in self.overrides.items()}
-        over = f", overrides={shown}" if shown else ""
-        return f"Rules({self.preset.name!r}, epsilon={self.epsilon:g}{over})"
+        from lrpir.rules.weighted import show_bound
+
+        parts = [repr(self.preset.name), f"epsilon={self.epsilon:g}"]
+        if self.stabilizer != self.epsilon:
+            parts.append(f"stabilizer={self.stabilizer:g}")
+        for name, value, default in (("gamma", self.gamma, 0.25), ("alpha", self.alpha, 2.0),
+                                     ("beta", self.beta, 1.0)):
+            if value != default:
+                parts.append(f"{name}={value:g}")
+        if self.low is not None or self.high is not None:
+            parts += [f"low={show_bound(self.low) if self.low is not None else None}",
+                      f"high={show_bound(self.high) if self.high is not None else None}"]
+        if self.zero_params is not None:
+            parts.append(f"zero_params={self.zero_params!r}")
+        if self.overrides:
+            parts.append(f"overrides={ {k: r.describe() for k, r in self.overrides.items()} }")
+        return f"Rules({', '.join(parts)})"
 
 
 def as_rules(rules: str | Rules) -> Rules:

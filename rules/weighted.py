@@ -326,12 +326,12 @@ class ZBoxRule(WeightedRule):
         return self._out(node, p, r)
 
     def describe(self) -> str:
-        return f"{self.name}(low={_show(self.low)}, high={_show(self.high)}, ε={self.epsilon:g})"
+        return f"{self.name}(low={show_bound(self.low)}, high={show_bound(self.high)}, ε={self.epsilon:g})"
 
 
-def _show(bound: Any) -> str:
+def show_bound(bound: Any) -> str:
     if isinstance(bound, dict):
-        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in bound.items()) + "}"
+        return "{" + ", ".join(f"{k}: {show_bound(v)}" for k, v in bound.items()) + "}"
     a = np.asarray(bound, dtype=np.float64)
     if a.size == 1:
         return f"{float(a.reshape(-1)[0]):g}"
