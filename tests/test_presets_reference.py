@@ -2,7 +2,8 @@
 
 The oracle is the float64 matrix-form tape of ``tests/lrp_reference.py`` run on the same network
 with its batch norm folded exactly; where zennit is installed, Zennit's composite of the same name
-runs on an exactly folded copy whose residual adds use Zennit's ``Sum`` layer, and must agree too.
+runs on an exactly folded copy whose residual adds use Zennit's ``Sum`` layer, and must agree too
+(``scripts/dev`` installs zennit 0.5.1 without its dependencies for this).
 """
 
 from __future__ import annotations
@@ -191,6 +192,37 @@ def test_batch_norm_stays_exact_through_the_dynamo_exporter(lrp_ref, onnx_export
 
 
 # -- optional: Zennit itself -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def zennit():
+    """Zennit, imported without torchvision when that is absent or broken beside the CPU torch.
+
+    Zennit's package imports its torchvision canonizers at import time; they need only two class
+    names from ``torchvision.models.resnet``. Stand-ins are put in ``sys.modules`` for the import
+    and removed again, so no other test sees them.
+    """
+    import sys
+    import types
+
+    try:
+        import torchvision  # noqa: F401
+        stubs = {}
+    except Exception:  # missing, or a CUDA build that cannot load beside this torch
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        resnet = types.ModuleType("torchvision.models.resnet")
+        resnet.Bottleneck = type("Bottleneck", (nn.Module,), {})
+        resnet.BasicBlock = type("BasicBlock", (nn.Module,), {})
+        stubs = {"torchvision": types.ModuleType("torchvision"),
+                 "torchvision.models": types.ModuleType("torchvision.models"),
+                 "torchvision.models.resnet": resnet}
+        sys.modules.update(stubs)
+    try:
+        return pytest.importorskip("zennit", reason="zennit is an optional comparison oracle")
+    finally:
+        for name in stubs:
+            sys.modules.pop(name, None)
+
+
 def _folded_conv(ref, conv, bn):
     c = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                   bias=True).double()
@@ -235,8 +267,7 @@ _ZENNIT = {"epsilon-plus": "EpsilonPlus",
 
 
 @pytest.mark.parametrize("preset", PRESETS[1:])
-def test_preset_matches_zennit(network, lrp_ref, preset):
-    pytest.importorskip("zennit", reason="zennit is an optional comparison oracle")
+def test_preset_matches_zennit(network, lrp_ref, zennit, preset):
     from zennit import composites
     from zennit.attribution import Gradient
 
