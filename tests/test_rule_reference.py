@@ -144,3 +144,56 @@ def test_z_box_bounds_reach_the_first_layer_through_shape_ops(onnx_export, lrp_r
         got = exp.relevance[0][i]
         got = got.transpose(2, 0, 1) if layout == "nhwc" else got
         _check(got.reshape(-1), want)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_conv_transpose(onnx_export, lrp_ref, rule):
+    torch.manual_seed(4)
+    deconv = torch.nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1).double().eval()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        out_shape = deconv(x).shape
+    r = np.random.default_rng(4).normal(size=out_shape)
+    exp = lrpir.explain(onnx_export(deconv, x), x.numpy(), target=r,
+                        rules=_rules(rule, "ConvTranspose", low=-1.0, high=2.0))
+
+    def matrix(w):
+        n = 3 * 4 * 4
+        basis = torch.eye(n, dtype=torch.float64).reshape(n, 3, 4, 4)
+        cols = torch.nn.functional.conv_transpose2d(basis, torch.as_tensor(w), None, 2, 1)
+        return cols.reshape(n, -1).T.numpy()
+
+    w = deconv.weight.detach().numpy()
+    M, ones = matrix(w), matrix(np.ones_like(w))
+    b = np.repeat(deconv.bias.detach().numpy(), out_shape[2] * out_shape[3])
+    lo, hi = -np.ones(48), 2.0 * np.ones(48)
+    for i in range(2):
+        want = lrp_ref.RULES[rule](M, b, x[i].numpy().reshape(-1), r[i].reshape(-1), 1e-6,
+                                   low=lo, high=hi, ones=ones, **PARAMS)
+        _check(exp.relevance[0][i].reshape(-1), want)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_matmul_with_the_weight_first(lrp_ref, rule):
+    """``W @ x`` (the weight as the left operand) splits by the weight just the same."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(4, 6))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["W", "x"], ["y"], name="proj")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [None, 6, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [None, 4, 3])],
+        [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    onnx.checker.check_model(model)
+    x = rng.normal(size=(2, 6, 3))
+    r = rng.normal(size=(2, 4, 3))
+    exp = lrpir.explain(model, x, target=r, rules=_rules(rule, "MatMul", low=-3.0, high=3.0))
+    for i in range(2):
+        for j in range(3):  # each column of x is an independent input to W
+            want = lrp_ref.RULES[rule](w, np.zeros(4), x[i][:, j], r[i][:, j], 1e-6,
+                                       low=-3.0 * np.ones(6), high=3.0 * np.ones(6),
+                                       ones=np.ones_like(w), **PARAMS)
+            _check(exp.relevance[0][i][:, j], want)
