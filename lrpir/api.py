@@ -195,6 +195,8 @@ class Explainer:
     def compiled(self, arrays: list[Any], output: int | str = 0, device: Any = None) -> Compiled:
         """The compiled plan for these inputs (arrays or checked inputs), built once per shape."""
         arrays = [a if isinstance(a, ArrayInput) else _as_input(a) for a in arrays]
+        if isinstance(output, str) and output in self.source.outputs:
+            output = self.source.outputs.index(output)  # one plan per output, however named
         dtype = self._compute_dtype(arrays)
         if device is None:
             device = self.backend.default_device([a.value for a in arrays])

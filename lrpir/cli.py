@@ -188,13 +188,17 @@ def _parser() -> argparse.ArgumentParser:
 def _rule_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rules", metavar="PRESET", default="epsilon",
                    help="rule preset (default: epsilon; 'lrpir plugins' lists them)")
-    p.add_argument("--epsilon", metavar="E", type=float, help="ε of the ε- and z-rules")
+    p.add_argument("--epsilon", metavar="E", type=float,
+                   help="ε of the ε-rule on conv and dense ops (default: 1e-6)")
+    p.add_argument("--stabilizer", metavar="S", type=float,
+                   help="ε of every other rule (z, z-plus, gamma, ...; default: the same as --epsilon)")
     p.add_argument("--gamma", metavar="G", type=float, help="γ of the gamma rule (default: 0.25)")
     p.add_argument("--zero-bias", action="store_true",
                    help="leave biases out of the weighted-op rules (zero_params='bias')")
     p.add_argument("--override", dest="overrides", metavar="KEY=RULE", action="append", default=[],
                    help="give the ops matching KEY (an op type like Conv, or a module-path glob "
-                        "like 'features.*') the rule RULE (repeatable; a later one wins)")
+                        "like 'features.*', or both: 'Conv@features.*') the rule RULE (repeatable; "
+                        "a later one wins)")
     p.add_argument("--low", metavar="L[,L,...]",
                    help="lowest input value for z-box: a number or one per channel")
     p.add_argument("--high", metavar="H[,H,...]",
@@ -229,6 +233,8 @@ def _rules(args: argparse.Namespace, low: Any = None, high: Any = None) -> Any:
     kw: dict[str, Any] = {}
     if args.epsilon is not None:
         kw["epsilon"] = args.epsilon
+    if args.stabilizer is not None:
+        kw["stabilizer"] = args.stabilizer
     if args.gamma is not None:
         kw["gamma"] = args.gamma
     if args.zero_bias:

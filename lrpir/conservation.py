@@ -57,7 +57,9 @@ class Conservation:
             lines.append(f"item {b}: start {self.start[b]:.6g} = inputs {self.inputs[b]:.6g} "
                          f"+ absorbed {self.absorbed[b]:.6g} - created {self.created[b]:.6g} "
                          f"(inputs/start {self.ratio[b]:.4f})")
-        big = [o for o in self.top(k) if np.abs(o.amount).sum() > 0]
+        # float rounding leaves tiny amounts on ops that conserve: show only real ones
+        floor = 1e-7 * max(float(np.abs(self.start).max(initial=0.0)), 1e-30)
+        big = [o for o in self.top(k) if np.abs(o.amount).max() > floor]
         if big:
             lines.append("largest absorbers (+) / creators (-), summed over items:")
             lines += [f"  {o.amount.sum():+.4g}  {o.op} '{o.name}'"

@@ -85,9 +85,9 @@ def _override_keys(graph: Graph, rules: Rules) -> list[tuple[OverrideKey, Rule]]
     for text, rule in rules.overrides.items():
         key = OverrideKey.parse(text, op_types)
         if not any(key.matches(n) for n in graph.nodes):
-            what = ("op type" if key.glob is None else "provenance glob" if key.op_type is None
-                    else "op type and provenance glob")
-            raise RuleError(f"override key {text!r} matches no op of this model (as an {what}); op "
+            what = ("an op type" if key.glob is None else "a provenance glob" if key.op_type is None
+                    else "an op type and provenance glob")
+            raise RuleError(f"override key {text!r} matches no op of this model (as {what}); op "
                             f"types here: {', '.join(sorted(op_types))}; `lrpir inspect MODEL` shows "
                             "the provenance of each op")
         keys.append((key, rule))
@@ -116,16 +116,16 @@ def assign_rules(graph: Graph, explained: Value, rules: Rules, index_values: set
     used: set[str] = set()
     path = relevance_path(graph, explained, index_values)
     first = find_first_layer(path, graph.inputs)
-    if rules.first and not first.ops and rules.mode != "gradient":
-        raise RuleError(
-            f"preset {rules.preset.name!r} gives the first layer its own rule, but no weighted op "
-            "(Conv, Gemm, MatMul, ...) is reached from a float model input through shape-only ops "
-            "and pads, so this model has no first layer in that sense (is the input normalised "
-            "inside the model?). Name the op instead: lrpir.Rules(..., overrides={'<provenance or "
-            "op type>': 'z-box'}) with a preset without a first-layer rule.")
     missing, wrong, out = [], [], []
     for node, trait, active in path:
         if trait is None:
+            # No rule family covers this op; only a rule object the user wrote for it can.
+            hit = _override_for(node, "", keys, True)
+            if hit is not None and hit[0].op_type is not None:
+                used.add(hit[0].text)
+                rule = hit[1].specialize(Site(node, "", active, first.inputs, None))
+                out.append(Assignment(node, "", rule, active, f"override {hit[0].text!r}"))
+                continue
             roles = ", ".join(f"{v.name}:{v.role.value if v.role else '?'}" if v is not None else "∅"
                               for v in node.inputs)
             missing.append(f"{node.where()} with inputs ({roles})")
@@ -152,6 +152,15 @@ def assign_rules(graph: Graph, explained: Value, rules: Rules, index_values: set
             wrong.append(f"{node.where()}: {exc}")
             continue
         out.append(Assignment(node, trait, rule, active, source))
+    if rules.first and not first.ops and not gradient:
+        placed = {type(r) for r in rules.first.values()}
+        if not any(type(a.rule) in placed and a.source.startswith("override") for a in out):
+            raise RuleError(
+                f"preset {rules.preset.name!r} gives the first layer its own rule, but no weighted "
+                "op (Conv, Gemm, MatMul, ...) is reached from a float model input through "
+                "shape-only ops and pads, so this model has no first layer in that sense (is the "
+                "input normalised inside the model?). Name the op yourself: lrpir.Rules(..., "
+                "overrides={'<op type or provenance>': '<rule>'}).")
     on_path = [n for n, _, _ in path]
     for key, rule in keys:
         if key.text not in used and any(key.matches(n) for n in on_path):
@@ -163,5 +172,7 @@ def assign_rules(graph: Graph, explained: Value, rules: Rules, index_values: set
         raise UnsupportedOpError(
             f"{len(missing)} op(s) on the relevance path have no LRP rule, so nothing was run:\n  "
             + "\n  ".join(missing)
-            + "\nAdd a rule for them with lrpir.Rules(overrides={...}) or a rules plugin.")
+            + "\nNo rule family in lrpir covers these ops. Give each a rule object of your own "
+            "(a lrpir.rules.Rule subclass) with lrpir.Rules(overrides={'<OpType>' or "
+            "'<OpType>@<provenance glob>': rule}), or ship one in a rules plugin (docs/plugins.md).")
     return out

@@ -87,8 +87,8 @@ def trait_of(node: Node, carries: Callable[[Value | None], bool], is_lookup: boo
         return AFFINE
     if op == "Mul":
         return PRODUCT if n >= 2 else AFFINE
-    if op == "Div":
-        return AFFINE if active == [0] else RATIO
+    if op == "Div":  # x / c is affine, c / x a pointwise function of x, x / y a ratio
+        return AFFINE if active == [0] else ELEMENTWISE if active == [1] else RATIO
     if op == "BatchNormalization":
         return AFFINE if active == [0] else None
     if op == "LRN":

@@ -24,7 +24,7 @@ class EpsilonRule(Rule):
     """ε-LRP: ``R_i = x_i ⊙ VJP_i(R / stab(z))`` over every active operand (LRP-0 at ε = 0)."""
 
     name = "epsilon"
-    traits = frozenset({T.CONV, T.DENSE, T.AFFINE, T.SUM, T.AVERAGE, T.BILINEAR})
+    traits = frozenset({T.CONV, T.DENSE, T.AFFINE, T.SUM, T.AVERAGE})
 
     def __init__(self, epsilon: float = 1e-6, share: bool = False,
                  zero_params: str | Sequence[str] | None = None) -> None:

@@ -55,8 +55,7 @@ RULE_FACTORIES: dict[str, Callable[[Rules], Rule]] = {
     "index": lambda r: basic.IndexReshapeRule(),
 }
 ALIASES = {"identity": "pass", "norm": "z", "winner-take-all": "gradient", "zplus": "z-plus",
-           "alphabeta": "alpha-beta", "alpha2-beta1": "alpha-beta", "zbox": "z-box",
-           "wsquare": "w-square", "w2": "w-square", "lrp-0": "epsilon"}
+           "alphabeta": "alpha-beta", "zbox": "z-box", "wsquare": "w-square", "w2": "w-square"}
 
 
 def rule_names() -> list[str]:
@@ -142,8 +141,11 @@ def available_presets() -> dict[str, Preset]:
 class Rules:
     """A preset plus its parameters and overrides.
 
-    ``epsilon`` is the ε of ε-rules; ``stabilizer`` (default: the same as ``epsilon``) the ε that
-    keeps the denominators of every other rule away from zero. ``low``/``high`` bound the inputs
+    ``epsilon`` is the ε of the ε-rule on weighted (conv and dense) ops; ``stabilizer`` (default:
+    the same as ``epsilon``, so that ``epsilon=0`` is LRP-0 throughout) the ε that keeps the
+    denominators of every other rule away from zero: z-rule sums and pools, affine ops, z-plus,
+    alpha-beta, gamma, z-box, w-square, flat. Zennit keeps the two apart; to match a Zennit
+    composite at ``epsilon=0.25`` pass ``stabilizer=1e-6``. ``low``/``high`` bound the inputs
     for z-box, in the inputs' own layout (a number, an array that broadcasts to the input, or a
     dict by input name). ``zero_params="bias"`` drops biases inside the weighted-op rules, as
     Zennit's argument of that name does.
@@ -176,6 +178,9 @@ class Rules:
         if overrides is not None and not isinstance(overrides, dict):
             raise RuleError(f"overrides must be a dict of op type or provenance glob → rule, got "
                             f"{type(overrides).__name__}")
+        if overrides and self.preset.mode == "gradient":
+            raise RuleError(f"preset {preset!r} propagates plain gradients and takes no overrides; "
+                            "use a relevance preset such as 'epsilon' to mix rules")
         self.overrides = {k: self._rule(k, v) for k, v in (overrides or {}).items()}
         self.table = self.preset.build(self)
         self.first = self.preset.first(self) if self.preset.first is not None else {}

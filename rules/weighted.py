@@ -303,6 +303,8 @@ class ZBoxRule(WeightedRule):
         else:
             low = _bound_for_op(self.low, "low", site.node, tuple(x_value.shape))
             high = _bound_for_op(self.high, "high", site.node, tuple(x_value.shape))
+            if np.any(np.broadcast_to(low, tuple(x_value.shape)) > high):
+                raise RuleError(f"z-box on {site.node.where()}: low exceeds high somewhere")
         fitted = ZBoxRule(self.low, self.high, self.epsilon, self.zero_params)
         fitted._bounds = (np.array(low, dtype=np.float64), np.array(high, dtype=np.float64))
         return fitted

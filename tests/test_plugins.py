@@ -192,3 +192,10 @@ def test_a_plugin_that_fails_to_import_is_a_warning(tmp_path, monkeypatch, capsy
     row = [s for s in _plugins_listing(capsys) if s.split()[:2] == ["lrpir.frontends", "broken"]]
     assert len(row) == 1 and "broken-dist" in row[0], row
     assert "error: ImportError" in row[0] and "not installed" in row[0]
+
+
+def test_every_builtin_preset_is_an_entry_point():
+    from lrpir.rules.presets import BUILTIN_PRESETS
+
+    assert set(BUILTIN_PRESETS) <= set(plugins.rule_presets())
+    assert all(plugins.rule_presets()[name] is p for name, p in BUILTIN_PRESETS.items())

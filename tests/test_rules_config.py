@@ -161,3 +161,70 @@ def test_a_model_without_a_first_layer_is_an_error_for_first_layer_presets(onnx_
     # naming the op instead works
     exp = lrpir.explain(proto, x.numpy(), rules=lrpir.Rules("epsilon", overrides={"Conv": "flat"}))
     assert np.isfinite(exp.relevance[0]).all()
+
+
+def test_gradient_x_input_takes_no_overrides():
+    with pytest.raises(lrpir.RuleError, match="takes no overrides"):
+        lrpir.Rules("gradient-x-input", overrides={"Relu": "epsilon"})
+
+
+def test_an_op_no_rule_family_covers_can_take_a_rule_object(onnx_export):
+    """CumSum has no trait: an error naming it, unless the user gives it a rule of their own."""
+
+    class Cumulative(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.cumsum(self.fc(x), dim=1)
+
+    class SplitBack(Rule):  # y_i = Σ_{j≤i} x_j: x_j gets Σ_{i≥j} R_i x_j / y_i
+        name = "cumsum-z"
+
+        def apply(self, ctx, node, active, relevance, inputs, outputs):
+            s = relevance[0] / outputs[0]
+            g = ctx.vjp(node, inputs, [0], [s])[0]
+            return [inputs[0] * g, None]
+
+        def needs(self, node, active):
+            return {0, 1}, {0}
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, dtype=torch.float64)
+    proto = onnx_export(Cumulative().double().eval(), x)
+    with pytest.raises(lrpir.UnsupportedOpError, match="CumSum.*\n.*rule object of your own"):
+        lrpir.explain(proto, x.numpy())
+    exp = lrpir.explain(proto, x.numpy(), rules=lrpir.Rules("epsilon", overrides={"CumSum": SplitBack()}))
+    sources = {a.node.op_type: a.source for a in exp.plan.assignments}
+    assert sources["CumSum"] == "override 'CumSum'"
+    # the z-rule over a cumulative sum conserves: the last output's relevance reaches the Gemm
+    c = exp.conservation
+    np.testing.assert_allclose(c.inputs + c.absorbed - c.created, c.start, rtol=1e-9)
+
+
+def test_a_constant_over_an_activation_passes_its_relevance():
+    """``c / x`` is a pointwise function of x (pass), not a ratio whose numerator takes it all."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["r", "one"], ["d"]),
+         helper.make_node("Div", ["two", "d"], ["q"]), helper.make_node("MatMul", ["q", "W"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [None, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [None, 2])],
+        [numpy_helper.from_array(np.array(1.0), "one"), numpy_helper.from_array(np.array(2.0), "two"),
+         numpy_helper.from_array(np.random.default_rng(0).normal(size=(5, 2)), "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    x = np.random.default_rng(1).normal(size=(3, 5))
+    exp = lrpir.explain(model, x, rules=lrpir.Rules("epsilon", epsilon=0.0))
+    rules = {a.node.op_type: a.rule.name for a in exp.plan.assignments}
+    assert rules["Div"] == "pass"
+    assert not any(o.op == "Div" for o in exp.conservation.ops)  # nothing vanishes at the Div
+
+
+def test_one_plan_per_output_however_it_is_named(net):
+    proto, x = net
+    explainer = lrpir.compile(proto, x)
+    explainer(x, output=0)
+    explainer(x, output="out")
+    assert len(explainer._cache) == 1
