@@ -36,6 +36,20 @@ class Explanation:
         shapes = ", ".join(str(r.shape) for r in self.relevance)
         return f"Explanation(relevance=[{shapes}], target={self.target})"
 
+    @classmethod
+    def concatenate(cls, parts: list[Explanation]) -> Explanation:
+        """One Explanation from those of consecutive chunks of a batch (explained one by one)."""
+        if not parts:
+            raise InputError("nothing to concatenate: no explanations given")
+        if len(parts) == 1:
+            return parts[0]
+        relevance = tuple(np.concatenate([p.relevance[i] for p in parts])
+                          for i in range(len(parts[0].relevance)))
+        targets = [p.target for p in parts]
+        target = None if any(t is None for t in targets) else np.concatenate(targets)
+        return cls(relevance, np.concatenate([p.output for p in parts]), target,
+                   Conservation.concatenate([p.conservation for p in parts]), parts[0].plan)
+
 
 @dataclass
 class Compiled:

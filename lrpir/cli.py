@@ -10,19 +10,15 @@ import argparse
 import os
 import re
 import sys
-import time
 import warnings
-import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
 
 import numpy as np
 
+from lrpir.cli_inputs import Inputs, Normalise, parse_floats, read_inputs
 from lrpir.errors import InputError, LrpirError
-
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+from lrpir.progress import Progress
 
 _MAIN_EPILOG = """\
 examples:
@@ -205,16 +201,6 @@ def _rule_args(p: argparse.ArgumentParser) -> None:
                    help="highest input value for z-box: a number or one per channel")
 
 
-def _floats(text: str, flag: str) -> list[float]:
-    try:
-        values = [float(t) for t in text.split(",")]
-    except ValueError:
-        raise InputError(f"{flag} takes a number or comma-separated numbers, got {text!r}") from None
-    if not all(np.isfinite(values)):
-        raise InputError(f"{flag} must be finite, got {text!r}")
-    return values
-
-
 def _overrides(given: list[str]) -> dict[str, str] | None:
     out: dict[str, str] = {}
     for text in given:
@@ -259,7 +245,7 @@ def _bound(text: str | None, flag: str, name: str, shape: tuple[int, ...]) -> An
     """--low/--high as a number, or per channel as an array broadcasting over axis 1 of ``shape``."""
     if text is None:
         return None
-    values = _floats(text, flag)
+    values = parse_floats(text, flag)
     if len(values) == 1 and "," not in text:
         return values[0]
     if len(shape) < 2:
@@ -289,236 +275,6 @@ def _target(text: str | None) -> Any:
     if not parts:
         raise InputError("--target is empty")
     return parts[0] if len(parts) == 1 and "," not in text else np.asarray(parts, dtype=np.int64)
-
-
-# -- progress ---------------------------------------------------------------------------------
-def _duration(seconds: float) -> str:
-    if seconds < 100:
-        return f"{seconds:.0f} s"
-    if seconds < 6000:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-class Progress:
-    """A text progress bar on stderr that stays silent for runs shorter than ``delay`` seconds.
-
-    A short run prints nothing, and a run that finishes before the bar first shows never shows
-    it. On a terminal the bar redraws in place (carriage return); elsewhere (a log file, CI) a
-    plain line is written at most every ``interval`` seconds and when done. ``clock`` can be
-    replaced so tests need not sleep.
-    """
-
-    def __init__(self, total: int, label: str = "explain", unit: str = "item",
-                 stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
-                 delay: float = 2.0, interval: float = 10.0, enabled: bool = True,
-                 tty: bool | None = None, width: int = 10) -> None:
-        self.total, self.label, self.unit, self.width = int(total), label, unit, width
-        self.stream = sys.stderr if stream is None else stream
-        self.clock, self.delay, self.interval, self.enabled = clock, delay, interval, enabled
-        if tty is None:
-            isatty = getattr(self.stream, "isatty", None)
-            tty = bool(isatty()) if callable(isatty) else False
-        self.tty = tty
-        self.start = clock()
-        self.done = 0
-        self.shown = False
-        self._last = -float("inf")  # when the last plain line was written
-        self._drawn = 0             # length of the line on a terminal, to blank it on redraw
-
-    def line(self, now: float | None = None) -> str:
-        """The bar as text: ``explain [####......] 3/8 items, 1.2 s/item, ETA 6 s``."""
-        now = self.clock() if now is None else now
-        filled = int(self.width * self.done / self.total + 0.5) if self.total > 0 else self.width
-        text = (f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
-                f"{self.done}/{self.total} {self.unit}s")
-        if self.done > 0:
-            per = (now - self.start) / self.done
-            text += (f", {per:.1f} s/{self.unit}" if per >= 0.1 else f", {per:.3f} s/{self.unit}")
-            text += f", ETA {_duration(per * (self.total - self.done))}"
-        return text
-
-    def update(self, n: int = 1) -> None:
-        """Count ``n`` more items done and redraw if the run has lasted long enough."""
-        self.done = min(self.total, self.done + n)
-        now = self.clock()
-        if not self.enabled or now - self.start < self.delay:
-            return
-        finished = self.done >= self.total
-        if not self.shown and finished:
-            return
-        text = self.line(now)
-        if self.tty:
-            self.stream.write("\r" + text.ljust(self._drawn))
-            self._drawn = len(text)
-        elif not self.shown or finished or now - self._last >= self.interval:
-            self.stream.write(text + "\n")
-            self._last = now
-        else:
-            return
-        self.shown = True
-        self.stream.flush()
-
-    def close(self) -> None:
-        """End the bar's line on a terminal (nothing if the bar never showed)."""
-        if self.shown and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-# -- reading inputs ---------------------------------------------------------------------------
-def _read_array(path: Path, name: str) -> np.ndarray:
-    if not path.is_file():
-        raise InputError(f"input file '{path}' does not exist")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                keys = list(z.files)
-                if not keys:
-                    raise InputError(f"'{path}' holds no arrays")
-                return np.asarray(z[name] if name in keys else z[keys[0]])
-        return np.asarray(np.load(path, allow_pickle=False))
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise InputError(f"could not read '{path}' as a numpy {suffix or '.npy'} file: "
-                         f"{exc}") from exc
-
-
-def _read_image(path: Path, shape: tuple | None) -> np.ndarray:
-    """An image as 1×C×H×W float32 in [0, 1], resized to the input's static H×W if declared."""
-    if not path.is_file():
-        raise InputError(f"input file '{path}' does not exist")
-    try:
-        from PIL import Image
-    except ImportError:
-        raise InputError(f"reading the image '{path}' needs pillow: pip install pillow") from None
-    channels = 3
-    size = None
-    if shape is not None and len(shape) == 4:
-        c, h, w = shape[1:]
-        if isinstance(c, int) and c in (1, 3):
-            channels = c
-        if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
-            size = (w, h)
-    elif shape is not None:
-        raise InputError(f"an image file can only feed an N×C×H×W input; this one has shape "
-                         f"{tuple(shape)}: give a .npy instead")
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            if size is not None and im.size != size:
-                im = im.resize(size, Image.BILINEAR)
-            a = np.asarray(im, dtype=np.float32) / 255.0
-    except OSError as exc:
-        raise InputError(f"could not read '{path}' as an image: {exc}") from exc
-    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-    return np.ascontiguousarray(a[None])
-
-
-@dataclass
-class _Normalise:
-    """--mean/--std: per-channel statistics applied to image inputs after scaling to [0, 1]."""
-
-    mean: list[float]
-    std: list[float]
-
-    @staticmethod
-    def parse(mean: str | None, std: str | None) -> _Normalise:
-        m = _floats(mean, "--mean") if mean is not None else [0.0]
-        s = _floats(std, "--std") if std is not None else [1.0]
-        if any(v <= 0 for v in s):
-            raise InputError(f"--std must be positive, got {std!r}")
-        return _Normalise(m, s)
-
-    def per_channel(self, channels: int, what: str) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and std as (1, C, 1, 1) arrays; a single value serves every channel."""
-        out = []
-        for flag, values in (("--mean", self.mean), ("--std", self.std)):
-            if len(values) not in (1, channels):
-                raise InputError(f"{flag} has {len(values)} values but {what} has {channels} "
-                                 f"channel(s): give one number or {channels}")
-            a = np.asarray(values * channels if len(values) == 1 else values, dtype=np.float32)
-            out.append(a.reshape(1, channels, 1, 1))
-        return out[0], out[1]
-
-
-@dataclass
-class _Inputs:
-    """The arrays fed to the model, what to show of each in a heatmap, and which are images."""
-
-    arrays: list[np.ndarray]
-    display: list[np.ndarray]   # images before --mean/--std (pixels in [0, 1]); arrays as given
-    images: list[bool]          # True where every file of the input is an image
-
-
-def _read_inputs(specs: list, given: list[str], norm: _Normalise | None = None) -> _Inputs:
-    """Match ``[NAME=]FILE`` arguments to the model's inputs and read them.
-
-    A NAME given several times stacks its files along the batch axis.
-    """
-    norm = norm or _Normalise([0.0], [1.0])
-    names = [s.name for s in specs]
-    named: dict[str, list[Path]] = {}
-    positional: list[Path] = []
-    for arg in given:
-        key, sep, rest = arg.partition("=")
-        if sep and key in names:
-            named.setdefault(key, []).append(Path(rest))
-        elif sep and not Path(arg).exists() and key and "/" not in key and "\\" not in key:
-            raise InputError(f"the model has no input named {key!r}; "
-                             f"its inputs: {', '.join(names)}")
-        else:
-            positional.append(Path(arg))
-    free = [s for s in specs if s.name not in named]
-    if len(positional) > len(free):
-        raise InputError(f"{len(given)} input file(s) given but the model takes {len(specs)} "
-                         f"input(s): {', '.join(names)} (to batch several files for one input, "
-                         f"repeat --input NAME=FILE with the same NAME)")
-    for spec, path in zip(free, positional):
-        named[spec.name] = [path]
-    missing = [n for n in names if n not in named]
-    if missing:
-        raise InputError(f"no file given for input(s) {', '.join(missing)}; the model takes "
-                         f"{', '.join(names)} (use --input NAME=FILE)")
-    out = _Inputs([], [], [])
-    for spec in specs:
-        parts, shown = [], []
-        for path in named[spec.name]:
-            if path.suffix.lower() in _IMAGE_SUFFIXES:
-                raw = _read_image(path, spec.shape)
-                mean, std = norm.per_channel(raw.shape[1], f"image '{path}'")
-                parts.append(((raw - mean) / std).astype(np.float32))
-                shown.append(raw)
-            else:
-                a = _read_array(path, spec.name)
-                parts.append(a)
-                shown.append(a)
-        out.arrays.append(_stack(spec.name, named[spec.name], parts))
-        out.display.append(_stack(spec.name, named[spec.name], shown))
-        out.images.append(all(p.suffix.lower() in _IMAGE_SUFFIXES for p in named[spec.name]))
-    for k, spec in enumerate(specs):
-        want, a = np.dtype(spec.dtype), out.arrays[k]
-        if want.kind == "f" and a.dtype.kind == "f" and a.dtype != want:
-            out.arrays[k] = a.astype(want)  # float64 .npy for a float32 model: follow the model
-    return out
-
-
-def _stack(name: str, paths: list[Path], parts: list[np.ndarray]) -> np.ndarray:
-    """One input's files as one batch: concatenated along axis 0."""
-    if len(parts) == 1:
-        return parts[0]
-    first = parts[0]
-    for path, a in zip(paths, parts):
-        if a.ndim == 0 or a.shape[1:] != first.shape[1:] or a.dtype.kind != first.dtype.kind:
-            raise InputError(f"the files for input '{name}' cannot form one batch: '{paths[0]}' "
-                             f"gives {first.shape} {first.dtype}, '{path}' gives {a.shape} {a.dtype}")
-    return np.concatenate(parts, axis=0)
 
 
 def _first_float(arrays: list[np.ndarray]) -> int:
@@ -555,37 +311,9 @@ def _explain_batches(explainer: Any, arrays: list[np.ndarray], target: Any, outp
         t = target[s:s + batch_size] if per_item else target
         parts.append(explainer(*chunk, target=t, output=output))
         progress.update(len(chunk[0]))
-    return _join(parts)
-
-
-def _join(parts: list) -> Any:
-    """One Explanation from the Explanations of consecutive chunks of a batch."""
     from lrpir.api import Explanation
-    from lrpir.conservation import Conservation, OpAmount
 
-    if len(parts) == 1:
-        return parts[0]
-    relevance = tuple(np.concatenate([p.relevance[i] for p in parts])
-                      for i in range(len(parts[0].relevance)))
-    targets = [p.target for p in parts]
-    target = None if any(t is None for t in targets) else np.concatenate(targets)
-    cons = [p.conservation for p in parts]
-    first: dict[str, OpAmount] = {}
-    for c in cons:  # an op with nothing to report in one chunk is missing from its list
-        for o in c.ops:
-            first.setdefault(o.name, o)
-    ops = []
-    for name, o in first.items():
-        amounts = []
-        for c in cons:
-            found = [x.amount for x in c.ops if x.name == name]
-            amounts.append(found[0] if found else np.zeros(len(c.start)))
-        ops.append(OpAmount(o.name, o.op, o.provenance, o.rule, np.concatenate(amounts)))
-    joined = Conservation(np.concatenate([c.start for c in cons]),
-                          np.concatenate([c.inputs for c in cons]), ops,
-                          all(c.per_item_exact for c in cons))
-    return Explanation(relevance, np.concatenate([p.output for p in parts]), target, joined,
-                       parts[0].plan)
+    return Explanation.concatenate(parts)
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -597,7 +325,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     target, output = _target(args.target), _output(args.output)
-    norm = _Normalise.parse(args.mean, args.std)
+    norm = Normalise.parse(args.mean, args.std)
     model = _model_path(args.model)
     needs_bounds = _uses_zbox(args)  # also reports a bad preset or override early
     explainer = Explainer(model, "epsilon", keep_softmax=args.keep_softmax)
@@ -605,7 +333,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     clash = [s.name for s in specs if s.name in ("target", "output")]
     if clash:
         raise InputError(f"input name(s) {clash} clash with the 'target'/'output' arrays of R.npz")
-    inputs = _read_inputs(specs, args.inputs, norm)
+    inputs = read_inputs(specs, args.inputs, norm)
     if (args.mean is not None or args.std is not None) and not any(inputs.images):
         raise InputError("--mean/--std normalise image inputs, but no image file was given "
                          "(normalise a .npy input before saving it)")
@@ -643,7 +371,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_heatmap(args: argparse.Namespace, exp: Any, inputs: _Inputs, k: int,
+def _write_heatmap(args: argparse.Namespace, exp: Any, inputs: Inputs, k: int,
                    targets: list[int]) -> None:
     from lrpir.heatmap import save_heatmap
 

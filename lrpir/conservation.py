@@ -48,6 +48,23 @@ class Conservation:
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(self.start != 0, self.inputs / self.start, np.nan)
 
+    @classmethod
+    def concatenate(cls, parts: list[Conservation]) -> Conservation:
+        """The report of a batch explained in consecutive chunks, one per chunk in ``parts``."""
+        first: dict[str, OpAmount] = {}
+        for c in parts:  # an op with nothing to report in one chunk is missing from its list
+            for o in c.ops:
+                first.setdefault(o.name, o)
+        ops = []
+        for name, o in first.items():
+            amounts = []
+            for c in parts:
+                found = [x.amount for x in c.ops if x.name == name]
+                amounts.append(found[0] if found else np.zeros(len(c.start)))
+            ops.append(OpAmount(o.name, o.op, o.provenance, o.rule, np.concatenate(amounts)))
+        return cls(np.concatenate([c.start for c in parts]), np.concatenate([c.inputs for c in parts]),
+                   ops, all(c.per_item_exact for c in parts))
+
     def top(self, k: int = 5) -> list[OpAmount]:
         return sorted(self.ops, key=lambda o: -float(np.abs(o.amount).sum()))[:k]
 

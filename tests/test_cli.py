@@ -14,8 +14,9 @@ import pytest
 
 import lrpir
 from lrpir import heatmap
-from lrpir.cli import Progress, main
+from lrpir.cli import main
 from lrpir.heatmap import relevance_to_rgb
+from lrpir.progress import Progress
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")  # torch.onnx.export needs it

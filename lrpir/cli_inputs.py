@@ -1,0 +1,174 @@
+"""Reading the command line's input files: arrays from .npy/.npz, images with optional normalisation.
+
+A NAME given several times stacks its files into one batch.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lrpir.errors import InputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def parse_floats(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(t) for t in text.split(",")]
+    except ValueError:
+        raise InputError(f"{flag} takes a number or comma-separated numbers, got {text!r}") from None
+    if not all(np.isfinite(values)):
+        raise InputError(f"{flag} must be finite, got {text!r}")
+    return values
+
+
+def read_array(path: Path, name: str) -> np.ndarray:
+    if not path.is_file():
+        raise InputError(f"input file '{path}' does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.files)
+                if not keys:
+                    raise InputError(f"'{path}' holds no arrays")
+                return np.asarray(z[name] if name in keys else z[keys[0]])
+        return np.asarray(np.load(path, allow_pickle=False))
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise InputError(f"could not read '{path}' as a numpy {suffix or '.npy'} file: "
+                         f"{exc}") from exc
+
+
+def read_image(path: Path, shape: tuple | None) -> np.ndarray:
+    """An image as 1×C×H×W float32 in [0, 1], resized to the input's static H×W if declared."""
+    if not path.is_file():
+        raise InputError(f"input file '{path}' does not exist")
+    try:
+        from PIL import Image
+    except ImportError:
+        raise InputError(f"reading the image '{path}' needs pillow: pip install pillow") from None
+    channels = 3
+    size = None
+    if shape is not None and len(shape) == 4:
+        c, h, w = shape[1:]
+        if isinstance(c, int) and c in (1, 3):
+            channels = c
+        if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
+            size = (w, h)
+    elif shape is not None:
+        raise InputError(f"an image file can only feed an N×C×H×W input; this one has shape "
+                         f"{tuple(shape)}: give a .npy instead")
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            if size is not None and im.size != size:
+                im = im.resize(size, Image.BILINEAR)
+            a = np.asarray(im, dtype=np.float32) / 255.0
+    except OSError as exc:
+        raise InputError(f"could not read '{path}' as an image: {exc}") from exc
+    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    return np.ascontiguousarray(a[None])
+
+
+@dataclass
+class Normalise:
+    """--mean/--std: per-channel statistics applied to image inputs after scaling to [0, 1]."""
+
+    mean: list[float]
+    std: list[float]
+
+    @staticmethod
+    def parse(mean: str | None, std: str | None) -> Normalise:
+        m = parse_floats(mean, "--mean") if mean is not None else [0.0]
+        s = parse_floats(std, "--std") if std is not None else [1.0]
+        if any(v <= 0 for v in s):
+            raise InputError(f"--std must be positive, got {std!r}")
+        return Normalise(m, s)
+
+    def per_channel(self, channels: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std as (1, C, 1, 1) arrays; a single value serves every channel."""
+        out = []
+        for flag, values in (("--mean", self.mean), ("--std", self.std)):
+            if len(values) not in (1, channels):
+                raise InputError(f"{flag} has {len(values)} values but {what} has {channels} "
+                                 f"channel(s): give one number or {channels}")
+            a = np.asarray(values * channels if len(values) == 1 else values, dtype=np.float32)
+            out.append(a.reshape(1, channels, 1, 1))
+        return out[0], out[1]
+
+
+@dataclass
+class Inputs:
+    """The arrays fed to the model, what to show of each in a heatmap, and which are images."""
+
+    arrays: list[np.ndarray]
+    display: list[np.ndarray]   # images before --mean/--std (pixels in [0, 1]); arrays as given
+    images: list[bool]          # True where every file of the input is an image
+
+
+def read_inputs(specs: list, given: list[str], norm: Normalise | None = None) -> Inputs:
+    """Match ``[NAME=]FILE`` arguments to the model's inputs and read them.
+
+    A NAME given several times stacks its files along the batch axis.
+    """
+    norm = norm or Normalise([0.0], [1.0])
+    names = [s.name for s in specs]
+    named: dict[str, list[Path]] = {}
+    positional: list[Path] = []
+    for arg in given:
+        key, sep, rest = arg.partition("=")
+        if sep and key in names:
+            named.setdefault(key, []).append(Path(rest))
+        elif sep and not Path(arg).exists() and key and "/" not in key and "\\" not in key:
+            raise InputError(f"the model has no input named {key!r}; "
+                             f"its inputs: {', '.join(names)}")
+        else:
+            positional.append(Path(arg))
+    free = [s for s in specs if s.name not in named]
+    if len(positional) > len(free):
+        raise InputError(f"{len(given)} input file(s) given but the model takes {len(specs)} "
+                         f"input(s): {', '.join(names)} (to batch several files for one input, "
+                         f"repeat --input NAME=FILE with the same NAME)")
+    for spec, path in zip(free, positional):
+        named[spec.name] = [path]
+    missing = [n for n in names if n not in named]
+    if missing:
+        raise InputError(f"no file given for input(s) {', '.join(missing)}; the model takes "
+                         f"{', '.join(names)} (use --input NAME=FILE)")
+    out = Inputs([], [], [])
+    for spec in specs:
+        parts, shown = [], []
+        for path in named[spec.name]:
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                raw = read_image(path, spec.shape)
+                mean, std = norm.per_channel(raw.shape[1], f"image '{path}'")
+                parts.append(((raw - mean) / std).astype(np.float32))
+                shown.append(raw)
+            else:
+                a = read_array(path, spec.name)
+                parts.append(a)
+                shown.append(a)
+        out.arrays.append(_stack(spec.name, named[spec.name], parts))
+        out.display.append(_stack(spec.name, named[spec.name], shown))
+        out.images.append(all(p.suffix.lower() in IMAGE_SUFFIXES for p in named[spec.name]))
+    for k, spec in enumerate(specs):
+        want, a = np.dtype(spec.dtype), out.arrays[k]
+        if want.kind == "f" and a.dtype.kind == "f" and a.dtype != want:
+            out.arrays[k] = a.astype(want)  # float64 .npy for a float32 model: follow the model
+    return out
+
+
+def _stack(name: str, paths: list[Path], parts: list[np.ndarray]) -> np.ndarray:
+    """One input's files as one batch: concatenated along axis 0."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    for path, a in zip(paths, parts):
+        if a.ndim == 0 or a.shape[1:] != first.shape[1:] or a.dtype.kind != first.dtype.kind:
+            raise InputError(f"the files for input '{name}' cannot form one batch: '{paths[0]}' "
+                             f"gives {first.shape} {first.dtype}, '{path}' gives {a.shape} {a.dtype}")
+    return np.concatenate(parts, axis=0)
