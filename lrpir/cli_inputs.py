@@ -113,7 +113,8 @@ class Inputs:
 def read_inputs(specs: list, given: list[str], norm: Normalise | None = None) -> Inputs:
     """Match ``[NAME=]FILE`` arguments to the model's inputs and read them.
 
-    A NAME given several times stacks its files along the batch axis.
+    A NAME given several times stacks its files along the batch axis; so do several unnamed files
+    for a model with one input.
     """
     norm = norm or Normalise([0.0], [1.0])
     names = [s.name for s in specs]
@@ -129,6 +130,8 @@ def read_inputs(specs: list, given: list[str], norm: Normalise | None = None) ->
         else:
             positional.append(Path(arg))
     free = [s for s in specs if s.name not in named]
+    if len(specs) == 1 and free and len(positional) > 1:
+        named[specs[0].name], positional, free = positional, [], []  # one input: files are a batch
     if len(positional) > len(free):
         raise InputError(f"{len(given)} input file(s) given but the model takes {len(specs)} "
                          f"input(s): {', '.join(names)} (to batch several files for one input, "

@@ -335,7 +335,7 @@ def show_bound(bound: Any) -> str:
     if isinstance(bound, dict):
         return "{" + ", ".join(f"{k}: {show_bound(v)}" for k, v in bound.items()) + "}"
     a = np.asarray(bound, dtype=np.float64)
-    if a.size == 1:
+    if a.size == 1 or (a.size and a.min() == a.max()):
         return f"{float(a.reshape(-1)[0]):g}"
     return f"[{a.shape}: {a.min():g}..{a.max():g}]"
 

@@ -388,8 +388,6 @@ def test_image_and_batch_errors(cnn, tmp_path, capsys):
         (["--input", tmp_path / "a.png", "--std", "0,1,1"], "--std must be positive"),
         (["--input", f"x={tmp_path / 'one.npy'}", "--input", f"x={tmp_path / 'other.npy'}"],
          "the files for input 'x' cannot form one batch"),
-        (["--input", tmp_path / "a.png", "--input", tmp_path / "a.png"],
-         "repeat --input NAME=FILE with the same NAME"),
         (["--input", f"x={tmp_path / 'a.png'}", "--input", f"x={tmp_path / 'missing.png'}"],
          "missing.png' does not exist"),
     ]
@@ -468,3 +466,14 @@ def test_demo_offline(tmp_path, monkeypatch, capsys):
     model = cache / "efficientnet-lite0.onnx"
     stamp = model.stat().st_mtime_ns
     assert export_efficientnet(cache) == model and model.stat().st_mtime_ns == stamp  # reused
+
+
+def test_unnamed_files_for_a_one_input_model_make_a_batch(cnn, tmp_path, capsys):
+    _image(tmp_path / "a.png")
+    code, out, err = _run(capsys, "explain", cnn, "--input", tmp_path / "a.png", "--input",
+                          tmp_path / "a.png", "--out", tmp_path / "r.npz")
+    assert code == 0, err
+    with np.load(tmp_path / "r.npz") as z:
+        r = z["x"]
+    assert r.shape == (2, 3, 16, 16)
+    np.testing.assert_allclose(r[0], r[1], rtol=1e-5, atol=1e-7)
