@@ -161,9 +161,9 @@ def assign_rules(graph: Graph, explained: Value, rules: Rules, index_values: set
                 "shape-only ops and pads, so this model has no first layer in that sense (is the "
                 "input normalised inside the model?). Name the op yourself: lrpir.Rules(..., "
                 "overrides={'<op type or provenance>': '<rule>'}).")
-    on_path = [n for n, _, _ in path]
-    for key, rule in keys:
-        if key.text not in used and any(key.matches(n) for n in on_path):
+    for key, rule in keys:  # a key whose rule fits none of the ops it names (not merely outranked)
+        matched = [t for n, t, _ in path if key.matches(n)]
+        if key.text not in used and matched and not any(t in rule.traits for t in matched):
             wrong.append(f"override {key.text!r}: rule {rule.name!r} takes only "
                          f"{', '.join(sorted(rule.traits))} ops, and no op it matches is one")
     if wrong:
@@ -173,6 +173,6 @@ def assign_rules(graph: Graph, explained: Value, rules: Rules, index_values: set
             f"{len(missing)} op(s) on the relevance path have no LRP rule, so nothing was run:\n  "
             + "\n  ".join(missing)
             + "\nNo rule family in lrpir covers these ops. Give each a rule object of your own "
-            "(a lrpir.rules.Rule subclass) with lrpir.Rules(overrides={'<OpType>' or "
-            "'<OpType>@<provenance glob>': rule}), or ship one in a rules plugin (docs/plugins.md).")
+            "(a lrpir.rules.Rule subclass, which a plugin can also ship) with "
+            "lrpir.Rules(overrides={'<OpType>' or '<OpType>@<provenance glob>': rule}).")
     return out

@@ -88,6 +88,13 @@ def test_later_override_wins_and_rule_objects_are_accepted(net):
     assert by_prov["classifier.2"] == "halve" and by_prov["features.1"] == "pass"
 
 
+def test_a_key_outranked_everywhere_is_not_an_error(net):
+    proto, x = net
+    rules = lrpir.Rules("epsilon", overrides={"Conv": "z-plus", "Conv@features.*": "gamma"})
+    got = _assigned(lrpir.explain(proto, x, rules=rules))
+    assert {rule for op, _, rule, _ in got.values() if op == "Conv"} == {"gamma"}
+
+
 def test_first_layer_rules_and_their_precedence(net):
     proto, x = net
     got = _assigned(lrpir.explain(proto, x, rules="epsilon-plus-flat"))
