@@ -155,12 +155,13 @@ def assign_rules(graph: Graph, explained: Value, rules: Rules, index_values: set
     if rules.first and not first.ops and not gradient:
         placed = {type(r) for r in rules.first.values()}
         if not any(type(a.rule) in placed and a.source.startswith("override") for a in out):
+            why = ("no weighted op (Conv, Gemm, MatMul, ...) is reached from a float model input "
+                   "through shape-only ops and pads (is the input normalised inside the model?)"
+                   if first.inputs else "the model has no float input (its inputs are ids or masks)")
             raise RuleError(
-                f"preset {rules.preset.name!r} gives the first layer its own rule, but no weighted "
-                "op (Conv, Gemm, MatMul, ...) is reached from a float model input through "
-                "shape-only ops and pads, so this model has no first layer in that sense (is the "
-                "input normalised inside the model?). Name the op yourself: lrpir.Rules(..., "
-                "overrides={'<op type or provenance>': '<rule>'}).")
+                f"preset {rules.preset.name!r} gives the first layer its own rule, but {why}, so "
+                "this model has no first layer in that sense. Name the op yourself: "
+                "lrpir.Rules(..., overrides={'<op type or provenance>': '<rule>'}).")
     for key, rule in keys:  # a key whose rule fits none of the ops it names (not merely outranked)
         matched = [t for n, t, _ in path if key.matches(n)]
         if key.text not in used and matched and not any(t in rule.traits for t in matched):

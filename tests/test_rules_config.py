@@ -235,3 +235,22 @@ def test_one_plan_per_output_however_it_is_named(net):
     explainer(x, output=0)
     explainer(x, output="out")
     assert len(explainer._cache) == 1
+
+
+def test_a_model_of_ids_has_no_first_layer():
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["e"]),
+         helper.make_node("MatMul", ["e", "W"], ["y"])],
+        "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [None, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3, 2])],
+        [numpy_helper.from_array(rng.normal(size=(10, 4)).astype(np.float32), "table"),
+         numpy_helper.from_array(rng.normal(size=(4, 2)).astype(np.float32), "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    ids = np.array([[1, 2, 3]])
+    with pytest.raises(lrpir.RuleError, match="has no float input"):
+        lrpir.explain(model, ids, rules="epsilon-plus-flat")
+    exp = lrpir.explain(model, ids, rules=lrpir.Rules("epsilon-plus-flat", overrides={"MatMul": "flat"}))
+    assert exp.relevance[0].shape == (1, 3)
