@@ -137,6 +137,28 @@ class ZPlusRule(WeightedRule):
         return self._out(node, p, r)
 
 
+def _split_forwards(ctx: Any, rule: WeightedRule, node: Node, inputs: list, p: Parts,
+                    outputs: list) -> tuple[Array, Array, Array, Array, Array]:
+    """``x⁺, x⁻, W⁺``, the output ``z = Wx + b`` and ``z⁺ = W⁺x⁺ + W⁻x⁻ + b⁺``.
+
+    ``z`` is the op's own output unless the bias is zeroed. The mixed part follows by linearity,
+    ``W⁻x⁺ + W⁺x⁻ + b⁻ = z − z⁺``. That is only safe where it is used with ``z < 0`` (then
+    ``z − z⁺`` adds two magnitudes): alpha-beta needs the mixed part where it may be exactly zero,
+    and computes it directly.
+    """
+    xp = ctx.xp
+    x, w = inputs[p.x], inputs[p.w]
+    b = rule.bias(inputs, p)
+    xpos, xneg = xp.clamp(x, low=0.0), xp.clamp(x, high=0.0)
+    wpos, wneg = xp.clamp(w, low=0.0), xp.clamp(w, high=0.0)
+    bpos = None if b is None else xp.clamp(b, low=0.0)
+    plus = run_with(ctx, node, inputs, p, xpos, wpos, bpos) + run_with(ctx, node, inputs, p, xneg,
+                                                                       wneg, None)
+    own = p.b is None or not rule.zero_bias
+    out = outputs[0] if own and outputs[0] is not None else run_with(ctx, node, inputs, p, x, w, b)
+    return xpos, xneg, wpos, out, plus
+
+
 class AlphaBetaRule(WeightedRule):
     """αβ: positive contributions weighted by α, negative ones by β, with α − β = 1."""
 
@@ -188,31 +210,26 @@ class GammaRule(WeightedRule):
         self.gamma = float(gamma)
 
     def needs(self, node, active):
-        # z with its own bias is the op's output; with zero_params it is recomputed without.
-        return operands(node), (set() if self.zero_bias else {0})
+        recomputed = self.zero_bias and weighted_parts(node, active).b is not None
+        return operands(node), (set() if recomputed else {0})
 
     def apply(self, ctx, node, active, relevance, inputs, outputs):
+        # With W↑ = W + γW⁺, W↓ = W + γW⁻ and z⁺ = W⁺x⁺ + W⁻x⁻ + b⁺ (so z − z⁺ is the mixed part):
+        #   W↑x⁺ + W↓x⁻ + b↑ = z + γz⁺,   W↓x⁺ + W↑x⁻ + b↓ = z + γ(z − z⁺),
+        #   x⁺(W↑ᵀs₊ + W↓ᵀs₋) + x⁻(W↓ᵀs₊ + W↑ᵀs₋)
+        #     = x⁺(Wᵀ(s₊ + (1+γ)s₋) + γW⁺ᵀ(s₊ − s₋)) + x⁻(Wᵀ((1+γ)s₊ + s₋) − γW⁺ᵀ(s₊ − s₋)):
+        # two sign-split forwards and three VJPs instead of four and four.
         xp, p, g = ctx.xp, weighted_parts(node, active), self.gamma
-        x, w = inputs[p.x], inputs[p.w]
-        b = self.bias(inputs, p)
-        xpos, xneg = xp.clamp(x, low=0.0), xp.clamp(x, high=0.0)
-        w_up = w + g * xp.clamp(w, low=0.0)
-        w_dn = w + g * xp.clamp(w, high=0.0)
-        b_up = None if b is None else b + g * xp.clamp(b, low=0.0)
-        b_dn = None if b is None else b + g * xp.clamp(b, high=0.0)
-        z = outputs[0] if not self.zero_bias else run_with(ctx, node, inputs, p, x, w, None)
-        r = relevance[0]
-        z_pos = run_with(ctx, node, inputs, p, xpos, w_up, b_up) + run_with(ctx, node, inputs, p,
-                                                                            xneg, w_dn, None)
-        z_neg = run_with(ctx, node, inputs, p, xpos, w_dn, b_dn) + run_with(ctx, node, inputs, p,
-                                                                            xneg, w_up, None)
-        zero = xp.zeros_like(r)
-        s_pos = stabilized_ratio(xp, xp.where(z > 0, r, zero), z_pos, self.epsilon)
-        s_neg = stabilized_ratio(xp, xp.where(z < 0, r, zero), z_neg, self.epsilon)
-        r_in = (xpos * (vjp_with(ctx, node, inputs, p, w_up, s_pos)
-                        + vjp_with(ctx, node, inputs, p, w_dn, s_neg))
-                + xneg * (vjp_with(ctx, node, inputs, p, w_dn, s_pos)
-                          + vjp_with(ctx, node, inputs, p, w_up, s_neg)))
+        w = inputs[p.w]
+        xpos, xneg, wpos, z, z_plus = _split_forwards(ctx, self, node, inputs, p, outputs)
+        # s₊ lives where z > 0 and s₋ where z < 0, so one tensor s holds both (0 where z = 0).
+        pos, neg = z > 0, z < 0
+        den = z + g * xp.where(pos, z_plus, z - z_plus)
+        s = xp.where(pos | neg, stabilized_ratio(xp, relevance[0], den, self.epsilon), 0.0)
+        gs = g * s
+        boost = vjp_with(ctx, node, inputs, p, wpos, xp.where(pos, gs, -gs))     # γW⁺ᵀ(s₊ − s₋)
+        r_in = (xpos * (vjp_with(ctx, node, inputs, p, w, s + xp.where(neg, gs, 0.0)) + boost)
+                + xneg * (vjp_with(ctx, node, inputs, p, w, s + xp.where(pos, gs, 0.0)) - boost))
         return self._out(node, p, r_in)
 
     def _params(self) -> str:

@@ -197,3 +197,26 @@ def test_matmul_with_the_weight_first(lrp_ref, rule):
                                        low=-3.0 * np.ones(6), high=3.0 * np.ones(6),
                                        ones=np.ones_like(w), **PARAMS)
             _check(exp.relevance[0][i][:, j], want)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_float32_follows_float64(onnx_export, lrp_ref, rule):
+    """On rectified inputs (half of them exactly zero) float32 stays close to the float64 formula."""
+    torch.manual_seed(6)
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1).eval()
+    x = torch.relu(torch.randn(2, 8, 6, 6))
+    with torch.no_grad():
+        out_shape = conv(x).shape
+    r = np.random.default_rng(6).normal(size=out_shape).astype(np.float32)
+    exp = lrpir.explain(onnx_export(conv, x), x.numpy(), target=r,
+                        rules=_rules(rule, "Conv", low=0.0, high=4.0))
+    w = conv.weight.detach().double().numpy()
+    M = lrp_ref.conv_matrix(w, (8, 6, 6), 1, 1)
+    ones = lrp_ref.conv_matrix(np.ones_like(w), (8, 6, 6), 1, 1)
+    b = np.repeat(conv.bias.detach().double().numpy(), 36)
+    for i in range(2):
+        xi, ri = x[i].double().numpy().reshape(-1), r[i].reshape(-1).astype(np.float64)
+        want = lrp_ref.RULES[rule](M, b, xi, ri, 1e-6, low=np.zeros(288), high=4 * np.ones(288),
+                                   ones=ones, **PARAMS)
+        got = exp.relevance[0][i].reshape(-1)
+        assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), rule
