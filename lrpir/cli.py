@@ -387,6 +387,10 @@ def _write_heatmap(args: argparse.Namespace, exp: Any, inputs: Inputs, k: int,
     except ImportError as exc:  # pillow is optional
         raise InputError(str(exc)) from None
     print(f"heatmap written to {args.heatmap}")
+    if args.rules in ("epsilon", "gradient-x-input") and inputs.images[k]:
+        # plain ε and the gradient are noisy on deep image models; say what usually works better
+        print("tip: on deep image models '--rules epsilon-gamma-box' usually gives a clearer map "
+              "(its z-box bounds come from the pixel range of image inputs)")
 
 
 def _show(bound: Any) -> str:

@@ -477,3 +477,13 @@ def test_unnamed_files_for_a_one_input_model_make_a_batch(cnn, tmp_path, capsys)
         r = z["x"]
     assert r.shape == (2, 3, 16, 16)
     np.testing.assert_allclose(r[0], r[1], rtol=1e-5, atol=1e-7)
+
+
+def test_an_image_explained_with_plain_epsilon_gets_a_tip(cnn, tmp_path, capsys):
+    _image(tmp_path / "a.png")
+    args = ["explain", cnn, "--input", tmp_path / "a.png", "--out", tmp_path / "r.npz",
+            "--heatmap", tmp_path / "r.png"]
+    code, out, _ = _run(capsys, *args)
+    assert code == 0 and "tip: on deep image models '--rules epsilon-gamma-box'" in out
+    code, out, _ = _run(capsys, *args, "--rules", "epsilon-gamma-box")
+    assert code == 0 and "tip:" not in out
