@@ -117,46 +117,32 @@ class WeightedRule(Rule):
         return ""
 
 
-class ZPlusRule(WeightedRule):
-    """z⁺: only positive contributions ``W⁺x⁺ + W⁻x⁻ + b⁺`` share the relevance."""
-
-    name = "z-plus"
-
-    def apply(self, ctx, node, active, relevance, inputs, outputs):
-        xp, p = ctx.xp, weighted_parts(node, active)
-        x, w = inputs[p.x], inputs[p.w]
-        b = self.bias(inputs, p)
-        xpos, xneg = xp.clamp(x, low=0.0), xp.clamp(x, high=0.0)
-        wpos, wneg = xp.clamp(w, low=0.0), xp.clamp(w, high=0.0)
-        bpos = None if b is None else xp.clamp(b, low=0.0)
-        z = run_with(ctx, node, inputs, p, xpos, wpos, bpos) + run_with(ctx, node, inputs, p, xneg,
-                                                                        wneg, None)
-        s = stabilized_ratio(xp, relevance[0], z, self.epsilon)
-        r = xpos * vjp_with(ctx, node, inputs, p, wpos, s) + xneg * vjp_with(ctx, node, inputs, p,
-                                                                             wneg, s)
-        return self._out(node, p, r)
-
-
-def _split_forwards(ctx: Any, rule: WeightedRule, node: Node, inputs: list, p: Parts,
-                    outputs: list) -> tuple[Array, Array, Array, Array, Array]:
-    """``x⁺, x⁻, W⁺``, the output ``z = Wx + b`` and ``z⁺ = W⁺x⁺ + W⁻x⁻ + b⁺``.
-
-    ``z`` is the op's own output unless the bias is zeroed. The mixed part follows by linearity,
-    ``W⁻x⁺ + W⁺x⁻ + b⁻ = z − z⁺``. That is only safe where it is used with ``z < 0`` (then
-    ``z − z⁺`` adds two magnitudes): alpha-beta needs the mixed part where it may be exactly zero,
-    and computes it directly.
-    """
+def _positive_part(ctx: Any, rule: WeightedRule, node: Node, inputs: list,
+                   p: Parts) -> tuple[Array, Array, Array, Array, Array]:
+    """``x⁺, x⁻, W⁺, W⁻`` and ``z⁺ = W⁺x⁺ + W⁻x⁻ + b⁺``, the part of z made of positive products."""
     xp = ctx.xp
     x, w = inputs[p.x], inputs[p.w]
     b = rule.bias(inputs, p)
     xpos, xneg = xp.clamp(x, low=0.0), xp.clamp(x, high=0.0)
     wpos, wneg = xp.clamp(w, low=0.0), xp.clamp(w, high=0.0)
     bpos = None if b is None else xp.clamp(b, low=0.0)
-    plus = run_with(ctx, node, inputs, p, xpos, wpos, bpos) + run_with(ctx, node, inputs, p, xneg,
-                                                                       wneg, None)
-    own = p.b is None or not rule.zero_bias
-    out = outputs[0] if own and outputs[0] is not None else run_with(ctx, node, inputs, p, x, w, b)
-    return xpos, xneg, wpos, out, plus
+    z_plus = run_with(ctx, node, inputs, p, xpos, wpos, bpos) + run_with(ctx, node, inputs, p, xneg,
+                                                                         wneg, None)
+    return xpos, xneg, wpos, wneg, z_plus
+
+
+class ZPlusRule(WeightedRule):
+    """z⁺: only positive contributions ``W⁺x⁺ + W⁻x⁻ + b⁺`` share the relevance."""
+
+    name = "z-plus"
+
+    def apply(self, ctx, node, active, relevance, inputs, outputs):
+        p = weighted_parts(node, active)
+        xpos, xneg, wpos, wneg, z_plus = _positive_part(ctx, self, node, inputs, p)
+        s = stabilized_ratio(ctx.xp, relevance[0], z_plus, self.epsilon)
+        r = xpos * vjp_with(ctx, node, inputs, p, wpos, s) + xneg * vjp_with(ctx, node, inputs, p,
+                                                                             wneg, s)
+        return self._out(node, p, r)
 
 
 class AlphaBetaRule(WeightedRule):
@@ -214,14 +200,18 @@ class GammaRule(WeightedRule):
         return operands(node), (set() if recomputed else {0})
 
     def apply(self, ctx, node, active, relevance, inputs, outputs):
-        # With W↑ = W + γW⁺, W↓ = W + γW⁻ and z⁺ = W⁺x⁺ + W⁻x⁻ + b⁺ (so z − z⁺ is the mixed part):
+        # With W↑ = W + γW⁺, W↓ = W + γW⁻ and z⁺ = W⁺x⁺ + W⁻x⁻ + b⁺, z − z⁺ is the mixed part
+        # W⁻x⁺ + W⁺x⁻ + b⁻. It is only used where z < 0, where it adds two magnitudes, so nothing cancels:
         #   W↑x⁺ + W↓x⁻ + b↑ = z + γz⁺,   W↓x⁺ + W↑x⁻ + b↓ = z + γ(z − z⁺),
         #   x⁺(W↑ᵀs₊ + W↓ᵀs₋) + x⁻(W↓ᵀs₊ + W↑ᵀs₋)
         #     = x⁺(Wᵀ(s₊ + (1+γ)s₋) + γW⁺ᵀ(s₊ − s₋)) + x⁻(Wᵀ((1+γ)s₊ + s₋) − γW⁺ᵀ(s₊ − s₋)):
         # two sign-split forwards and three VJPs instead of four and four.
         xp, p, g = ctx.xp, weighted_parts(node, active), self.gamma
         w = inputs[p.w]
-        xpos, xneg, wpos, z, z_plus = _split_forwards(ctx, self, node, inputs, p, outputs)
+        xpos, xneg, wpos, _, z_plus = _positive_part(ctx, self, node, inputs, p)
+        # z itself is the op's output, unless the bias is zeroed
+        z = outputs[0] if outputs[0] is not None else run_with(ctx, node, inputs, p, inputs[p.x], w,
+                                                                self.bias(inputs, p))
         # s₊ lives where z > 0 and s₋ where z < 0, so one tensor s holds both (0 where z = 0).
         pos, neg = z > 0, z < 0
         den = z + g * xp.where(pos, z_plus, z - z_plus)
