@@ -199,3 +199,35 @@ def test_classic_architecture(name):
         assert g_.shape == o.shape
         assert _rel(g_, o) < 1e-4
     assert _rel(got_logits, logits) < 1e-4
+
+
+_PRESETS = ["epsilon-plus", "epsilon-plus-flat", "epsilon-alpha2-beta1", "epsilon-alpha2-beta1-flat",
+            "epsilon-gamma-box"]
+
+
+@pytest.fixture(scope="module")
+def classic_explainers():
+    cache: dict[str, tuple] = {}
+
+    def get(name: str):
+        if name not in cache:
+            model, _, x = _case(name)
+            cache[name] = (lrpir.compile(model, x), x)
+        return cache[name]
+    return get
+
+
+@pytest.mark.parametrize("preset", _PRESETS)
+@pytest.mark.parametrize("name", FAST)
+def test_every_preset_on_classic_architectures(classic_explainers, name, preset):
+    """Dense blocks, inception concats, channel shuffles, fire modules: every preset runs."""
+    explainer, x = classic_explainers(name)
+    rules = lrpir.Rules(preset, low=-4.0, high=4.0) if preset.endswith("box") else preset
+    exp = explainer.with_rules(rules)(x)
+    (r,) = exp.relevance
+    assert np.isfinite(r).all() and np.abs(r).max() > 0
+    c = exp.conservation
+    scale = max(abs(float(c.start[0])), float(c.absorbed[0]), float(c.created[0]))
+    assert abs(float(c.residual[0])) <= 1e-4 * scale
+    first = {a.node.op_type for a in exp.plan.assignments if a.source == "first layer"}
+    assert first == ({"Conv"} if preset.endswith(("flat", "box")) else set())
