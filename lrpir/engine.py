@@ -94,13 +94,14 @@ def _override_keys(graph: Graph, rules: Rules) -> list[tuple[OverrideKey, Rule]]
     return keys
 
 
-def _override_for(node: Node, trait: str, keys: list[tuple[OverrideKey, Rule]],
-                  gradient: bool) -> tuple[OverrideKey, Rule] | None:
+def _override_for(node: Node, trait: str | None,
+                  keys: list[tuple[OverrideKey, Rule]]) -> tuple[OverrideKey, Rule] | None:
     """The last matching key. A key with an op type must fit that op; a bare glob only applies to
-    the ops under it that its rule can take (``"features.*": "gamma"`` leaves the ReLUs alone)."""
+    the ops under it that its rule can take (``"features.*": "gamma"`` leaves the ReLUs alone), so
+    an op with no trait takes only keys that name its op type."""
     hit = None
     for key, rule in keys:
-        if key.matches(node) and (key.op_type is not None or gradient or trait in rule.traits):
+        if key.matches(node) and (key.op_type is not None or (trait is not None and trait in rule.traits)):
             hit = (key, rule)
     return hit
 
@@ -112,7 +113,6 @@ def assign_rules(graph: Graph, explained: Value, rules: Rules, index_values: set
     then fitted to its op (``Rule.specialize``): z-box carries its bounds to the op's input there.
     """
     keys = _override_keys(graph, rules)
-    gradient = rules.mode == "gradient"
     used: set[str] = set()
     path = relevance_path(graph, explained, index_values)
     first = find_first_layer(path, graph.inputs)
@@ -120,8 +120,8 @@ def assign_rules(graph: Graph, explained: Value, rules: Rules, index_values: set
     for node, trait, active in path:
         if trait is None:
             # No rule family covers this op; only a rule object the user wrote for it can.
-            hit = _override_for(node, "", keys, True)
-            if hit is not None and hit[0].op_type is not None:
+            hit = _override_for(node, None, keys)
+            if hit is not None:
                 used.add(hit[0].text)
                 rule = hit[1].specialize(Site(node, "", active, first.inputs, None))
                 out.append(Assignment(node, "", rule, active, f"override {hit[0].text!r}"))
@@ -133,12 +133,12 @@ def assign_rules(graph: Graph, explained: Value, rules: Rules, index_values: set
         rule, source = rules.table.get(trait), "preset"
         if id(node) in first.ops and trait in rules.first:
             rule, source = rules.first[trait], "first layer"
-        hit = _override_for(node, trait, keys, gradient)
+        hit = _override_for(node, trait, keys)
         if hit is not None:
             key, rule = hit
             source = f"override {key.text!r}"
             used.add(key.text)
-            if trait not in rule.traits and not gradient:
+            if trait not in rule.traits:
                 wrong.append(f"{node.where()} has trait {trait!r}; rule {rule.name!r} (from override "
                              f"{key.text!r}) takes only {', '.join(sorted(rule.traits))} ops")
                 continue
@@ -152,7 +152,7 @@ def assign_rules(graph: Graph, explained: Value, rules: Rules, index_values: set
             wrong.append(f"{node.where()}: {exc}")
             continue
         out.append(Assignment(node, trait, rule, active, source))
-    if rules.first and not first.ops and not gradient:
+    if rules.first and not first.ops:
         placed = {type(r) for r in rules.first.values()}
         if not any(type(a.rule) in placed and a.source.startswith("override") for a in out):
             why = ("no weighted op (Conv, Gemm, MatMul, ...) is reached from a float model input "

@@ -1,4 +1,8 @@
-"""The ε-rule against a float64 matrix-form reference (the way Zennit tests its rules)."""
+"""The ε-rule at several ε against the float64 matrix-form oracle (``tests/lrp_reference.py``).
+
+``test_rule_reference.py`` covers every rule at the default ε; this file varies ε (0 included)
+and composes layers.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +13,9 @@ torch = pytest.importorskip("torch")
 import lrpir  # noqa: E402
 
 
-def stab(z, eps):
-    return z + eps * np.where(z >= 0, 1.0, -1.0)
-
-
-def conv_matrix(conv: torch.nn.Conv2d, in_shape) -> np.ndarray:
-    """The conv (without bias) as a dense matrix acting on the flattened input."""
-    n = int(np.prod(in_shape))
-    basis = torch.eye(n, dtype=torch.float64).reshape(n, *in_shape)
-    with torch.no_grad():
-        cols = torch.nn.functional.conv2d(basis, conv.weight, None, conv.stride, conv.padding,
-                                          conv.dilation, conv.groups)
-    return cols.reshape(n, -1).T.numpy()
-
-
-def reference(matrix, bias, x, r, eps):
-    z = matrix @ x + bias
-    s = np.where(stab(z, eps) == 0, 0.0, r / stab(z, eps))
-    return x * (matrix.T @ s)
-
-
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("eps", [1e-6, 0.25, 0.0])
-def test_linear(onnx_export, bias, eps):
+def test_linear(onnx_export, lrp_ref, bias, eps):
     torch.manual_seed(0)
     layer = torch.nn.Linear(7, 5, bias=bias).double().eval()
     x = torch.randn(3, 7, dtype=torch.float64)  # mixed-sign inputs
@@ -41,13 +25,13 @@ def test_linear(onnx_export, bias, eps):
     w = layer.weight.detach().numpy()
     b = layer.bias.detach().numpy() if bias else np.zeros(5)
     for i in range(3):
-        want = reference(w, b, x[i].numpy(), r[i], eps)
+        want = lrp_ref.epsilon(w, b, x[i].numpy(), r[i], eps)
         np.testing.assert_allclose(exp.relevance[0][i], want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("stride,padding,groups", [(1, 1, 1), (2, 0, 1), (1, 1, 2)])
-def test_conv(onnx_export, bias, stride, padding, groups):
+def test_conv(onnx_export, lrp_ref, bias, stride, padding, groups):
     torch.manual_seed(1)
     conv = torch.nn.Conv2d(4, 6, 3, stride=stride, padding=padding, groups=groups,
                            bias=bias).double().eval()
@@ -58,14 +42,14 @@ def test_conv(onnx_export, bias, stride, padding, groups):
     eps = 1e-6
     exp = lrpir.explain(onnx_export(conv, x), x.numpy(), target=r,
                         rules=lrpir.Rules("epsilon", epsilon=eps))
-    m = conv_matrix(conv, x.shape[1:])
+    m = lrp_ref.conv_matrix(conv.weight.detach().numpy(), tuple(x.shape[1:]), stride, padding, groups)
     b = np.repeat(conv.bias.detach().numpy(), out_shape[2] * out_shape[3]) if bias else 0.0
     for i in range(2):
-        want = reference(m, b, x[i].numpy().ravel(), r[i].ravel(), eps).reshape(x.shape[1:])
+        want = lrp_ref.epsilon(m, b, x[i].numpy().ravel(), r[i].ravel(), eps).reshape(x.shape[1:])
         np.testing.assert_allclose(exp.relevance[0][i], want, rtol=1e-10, atol=1e-12)
 
 
-def test_two_layers_compose(onnx_export):
+def test_two_layers_compose(onnx_export, lrp_ref):
     """Relevance through Linear → ReLU → Linear is the reference applied layer by layer."""
     torch.manual_seed(2)
     net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
@@ -80,6 +64,6 @@ def test_two_layers_compose(onnx_export):
     y = w2 @ h + b2
     r = np.zeros(3)
     r[2] = y[2]
-    rh = reference(w2, b2, h, r, eps)
-    want = reference(w1, b1, x[0].numpy(), rh, eps)
+    rh = lrp_ref.epsilon(w2, b2, h, r, eps)
+    want = lrp_ref.epsilon(w1, b1, x[0].numpy(), rh, eps)
     np.testing.assert_allclose(exp.relevance[0][0], want, rtol=1e-10, atol=1e-12)
