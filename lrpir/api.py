@@ -31,10 +31,17 @@ class Explanation:
     target: np.ndarray | None
     conservation: Conservation
     plan: Plan
+    input_names: tuple[str, ...] = ()  # the model's input names, in the order of ``relevance``
 
     def __repr__(self) -> str:
         shapes = ", ".join(str(r.shape) for r in self.relevance)
         return f"Explanation(relevance=[{shapes}], target={self.target})"
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        """The relevance of the model input called ``name`` (``exp["input_ids"]``)."""
+        if name not in self.input_names:
+            raise InputError(f"the model has no input {name!r}; inputs: {list(self.input_names)}")
+        return self.relevance[self.input_names.index(name)]
 
     @classmethod
     def concatenate(cls, parts: list[Explanation]) -> Explanation:
@@ -48,7 +55,8 @@ class Explanation:
         targets = [p.target for p in parts]
         target = None if any(t is None for t in targets) else np.concatenate(targets)
         return cls(relevance, np.concatenate([p.output for p in parts]), target,
-                   Conservation.concatenate([p.conservation for p in parts]), parts[0].plan)
+                   Conservation.concatenate([p.conservation for p in parts]), parts[0].plan,
+                   parts[0].input_names)
 
 
 @dataclass
@@ -174,8 +182,12 @@ class Explainer:
             checked.append(a)
         return checked
 
-    def _compute_dtype(self, arrays: list[ArrayInput]) -> np.dtype:
+    def _compute_dtype(self, arrays: list[ArrayInput], explained: Value) -> np.dtype:
+        """float64 when a float input is float64, or, for a model fed only integer ids (a
+        language model), when the model itself computes in float64; float32 otherwise."""
         floats = [a.dtype for a in arrays if a.dtype.kind == "f"]
+        if not floats and explained.dtype is not None and explained.dtype.kind == "f":
+            floats = [explained.dtype]
         return np.dtype("float64") if np.dtype("float64") in floats else np.dtype("float32")
 
     # -- compilation --------------------------------------------------------------------------
@@ -211,16 +223,17 @@ class Explainer:
         arrays = [a if isinstance(a, ArrayInput) else _as_input(a) for a in arrays]
         if isinstance(output, str) and output in self.source.outputs:
             output = self.source.outputs.index(output)  # one plan per output, however named
-        dtype = self._compute_dtype(arrays)
         if device is None:
             device = self.backend.default_device([a.value for a in arrays])
+        # the compute dtype follows from the input dtypes and the model, so they key it
         key = (tuple(a.shape for a in arrays), tuple(a.dtype.str for a in arrays), output,
-               str(device), dtype.str)
+               str(device))
         if key in self._cache:
             return self._cache[key]
         graph = self.frontend.lower(self.source, [a.shape for a in arrays])
         index_values, report = canonicalize(graph)
         explained = self._explained_value(graph, output)
+        dtype = self._compute_dtype(arrays, explained)
         assignments = assign_rules(graph, explained, self.rules, index_values)
         missing = sorted({n.where() for n in graph.ancestors([explained])
                           if not self.backend.supports(n)})
@@ -245,6 +258,13 @@ class Explainer:
 
         def seed(y: Any) -> Any:
             yn = self.backend.to_numpy(y)
+            if not np.all(np.isfinite(yn)):
+                bad = sorted({int(i) for i in np.argwhere(~np.isfinite(yn))[:, 0]}) if yn.ndim else [0]
+                raise InputError(
+                    f"the model's output '{c.plan.explained.name}' is NaN or infinite for batch "
+                    f"item(s) {bad} of these inputs, so there is no relevance to explain. The "
+                    "forward pass itself is not finite: check the model file (an exporter may have "
+                    "written a constant such as float64's minimum as -inf) and the inputs.")
             start, chosen["target"] = start_relevance(yn, target, c.plan.explained.name)
             return self.backend.from_numpy(start, like=y)
 
@@ -252,7 +272,7 @@ class Explainer:
         relevance = []
         for spec, a in zip(self.source.inputs, arrays):
             r = raw.relevance.get(spec.name)
-            dtype = a.dtype if a.dtype.kind == "f" else self._compute_dtype(arrays)
+            dtype = a.dtype if a.dtype.kind == "f" else self._compute_dtype(arrays, c.plan.explained)
             relevance.append(self.backend.to_numpy(r).reshape(a.shape) if r is not None
                              else np.zeros(a.shape, dtype=dtype))
         relevance = tuple(relevance)
@@ -274,7 +294,7 @@ class Explainer:
         ops = [o for o in ops if np.any(o.amount != 0)]
         cons = Conservation(start_sum, inputs_sum, ops, raw.per_item_exact)
         return Explanation(relevance, self.backend.to_numpy(raw.output), chosen.get("target"),
-                           cons, c.plan)
+                           cons, c.plan, tuple(spec.name for spec in self.source.inputs))
 
 
 def start_relevance(y: np.ndarray, target: Any, name: str = "output") -> tuple[np.ndarray, np.ndarray | None]:

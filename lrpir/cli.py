@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from lrpir.cli_inputs import Inputs, Normalise, parse_floats, read_inputs
+from lrpir.cli_inputs import Inputs, Normalise, load_tokenizer, parse_floats, read_inputs, tokenize_texts
 from lrpir.errors import InputError, LrpirError
 from lrpir.progress import Progress
 
@@ -26,6 +26,7 @@ examples:
   lrpir explain model.onnx --input x.npy --out r.npz --heatmap r.png
   lrpir explain model.onnx --input image=cat.png --rules epsilon-gamma-box --mean 0.5 --std 0.5 \\
         --out r.npz --heatmap r.png
+  lrpir explain bert.onnx --tokenizer ./bert --text "a fine film" --out r.npz --tokens r.html
   lrpir inspect model.onnx --input-shape image=1,3,224,224 --override Conv=gamma
   lrpir plugins
 
@@ -42,6 +43,12 @@ inputs:
                   [0, 1] float32 NCHW with a batch of one, then normalised with --mean/--std
                   ((x - mean) / std per channel) when they are given.
 
+text:
+  --text "..." (once per batch item) tokenizes with --tokenizer (a Hugging Face tokenizer folder,
+  or a name in the local cache; needs transformers) and fills the model's inputs named
+  input_ids, attention_mask and token_type_ids, padded to the longest text (or to the model's
+  static length). --input gives the model's other inputs (e.g. decoder_input_ids).
+
 rules:
   --rules picks a preset ('lrpir plugins' lists them); --epsilon, --gamma and --zero-bias set its
   parameters, --override KEY=RULE replaces the rule of every op whose type (Conv, Gemm, ...) or
@@ -57,6 +64,11 @@ output:
   several columns); colours are clipped at the --percentile of |relevance| of each item.
   --batch-size explains a large batch in chunks (same result, less memory); runs longer than a
   few seconds show a progress bar on stderr unless --no-progress.
+  --tokens R.html writes every integer input that received relevance (input_ids, and
+  decoder_input_ids for encoder-decoder models) as tokens coloured by relevance (red for the
+  target, blue against), one row per item, and prints each item's most relevant tokens.
+  Tokens read as text with --tokenizer, else as ids (token_type_ids and position_ids are shown on
+  the tokens of input_ids); padding (attention_mask 0) is greyed.
 
 examples:
   lrpir explain model.onnx --input x.npy --out r.npz
@@ -68,7 +80,11 @@ examples:
         --high 2.2,2.4,2.6 --gamma 0.1 --override 'classifier.*=epsilon' --out r.npz
   lrpir explain model.onnx --input big.npy --batch-size 16 --zero-bias --out r.npz
   lrpir explain model.onnx --input ids=tokens.npz --input mask=tokens.npz --output logits \\
-        --rules epsilon --epsilon 0.01 --out r.npz
+        --rules epsilon --epsilon 0.01 --out r.npz --tokens r.html
+  lrpir explain model.onnx --tokenizer ./minilm --text "great movie" --text "dull plot" \\
+        --target 1 --out r.npz --tokens r.html
+  lrpir explain t5.onnx --tokenizer ./t5 --text "translate: hello" \\
+        --input decoder_input_ids=dec.npy --out r.npz --tokens r.html
 """
 
 _INSPECT_EPILOG = """\
@@ -140,8 +156,14 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=fmt, epilog=_EXPLAIN_EPILOG)
     e.add_argument("model", metavar="MODEL", help="path to a .onnx file")
     e.add_argument("--input", "-i", dest="inputs", metavar="[NAME=]FILE", action="append",
-                   required=True, help=".npy, .npz or image file; repeat once per model input, "
-                                       "or with the same NAME to make a batch")
+                   default=[], help=".npy, .npz or image file; repeat once per model input, "
+                                    "or with the same NAME to make a batch")
+    e.add_argument("--text", dest="texts", metavar="TEXT", action="append", default=[],
+                   help="a text to tokenize with --tokenizer into input_ids (and attention_mask, "
+                        "token_type_ids); repeat for a batch, one item per text")
+    e.add_argument("--tokenizer", metavar="PATH",
+                   help="Hugging Face tokenizer folder (or cached name) for --text and for "
+                        "showing --tokens as text")
     e.add_argument("--mean", metavar="M[,M,M]",
                    help="per-channel mean subtracted from image inputs after scaling to [0, 1]")
     e.add_argument("--std", metavar="S[,S,S]",
@@ -161,8 +183,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", metavar="R.npz", required=True, help="where to write the relevance")
     e.add_argument("--heatmap", metavar="R.png",
                    help="also write a PNG of the first float input beside its relevance")
+    e.add_argument("--tokens", metavar="R.html",
+                   help="also write the token-id inputs coloured by relevance as HTML, and print "
+                        "the most relevant tokens")
     e.add_argument("--percentile", metavar="P", type=float, default=99.5,
-                   help="heatmap colours saturate at this percentile of |relevance| "
+                   help="heatmap and --tokens colours saturate at this percentile of |relevance| "
                         "(default: 99.5; 100: no clipping)")
 
     i = sub.add_parser("inspect", help="show the lowered graph, assigned rules and the Plan",
@@ -324,16 +349,31 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         raise InputError(f"--percentile must be in (0, 100], got {args.percentile:g}")
     if args.batch_size is not None and args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not args.inputs and not args.texts:
+        raise InputError("the following arguments are required: --input [NAME=]FILE (once per "
+                         "model input), or --text with --tokenizer for a text model")
+    if args.texts and not args.tokenizer:
+        raise InputError("--text needs --tokenizer PATH (a Hugging Face tokenizer folder) to turn "
+                         "the text into token ids")
     target, output = _target(args.target), _output(args.output)
     norm = Normalise.parse(args.mean, args.std)
     model = _model_path(args.model)
     needs_bounds = _uses_zbox(args)  # also reports a bad preset or override early
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     explainer = Explainer(model, "epsilon", keep_softmax=args.keep_softmax)
     specs = explainer.source.inputs
     clash = [s.name for s in specs if s.name in ("target", "output")]
     if clash:
         raise InputError(f"input name(s) {clash} clash with the 'target'/'output' arrays of R.npz")
-    inputs = read_inputs(specs, args.inputs, norm)
+    if args.tokens and not any(np.dtype(s.dtype).kind in "iu" for s in specs):
+        raise InputError(f"--tokens shows integer (token id) inputs, but the model's inputs are "
+                         f"{', '.join(f'{s.name} ({np.dtype(s.dtype)})' for s in specs)}")
+    filled: dict[str, np.ndarray] = {}
+    if args.texts:
+        filled, notes = tokenize_texts(tokenizer, args.texts, specs)
+        for note in notes:
+            print(note)
+    inputs = read_inputs(specs, args.inputs, norm, filled)
     if (args.mean is not None or args.std is not None) and not any(inputs.images):
         raise InputError("--mean/--std normalise image inputs, but no image file was given "
                          "(normalise a .npy input before saving it)")
@@ -368,7 +408,86 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     print(f"relevance written to {out}")
     if args.heatmap:
         _write_heatmap(args, exp, inputs, k, payload["target"].tolist())
+    if args.tokens:
+        _write_tokens(args, exp, specs, inputs.arrays, tokenizer, payload["target"].tolist())
     return 0
+
+
+# integer inputs whose values are not token ids but one per token (segment, position): shown on
+# the tokens of their token-id input, never decoded themselves
+_NOT_TOKEN_IDS = re.compile(r"(.*?)(token_type_ids|type_ids|position_ids|positions)")
+_MASK = re.compile(r".*mask")
+
+
+def _companion(k: int, specs: list, arrays: list[np.ndarray]) -> int | None:
+    """For a per-token input such as token_type_ids, the token-id input of the same shape
+    (input_ids; decoder_input_ids for decoder_position_ids) whose tokens label it."""
+    m = _NOT_TOKEN_IDS.fullmatch(specs[k].name)
+    if m is None:
+        return None
+    ids = [j for j, s in enumerate(specs) if np.dtype(s.dtype).kind in "iu"
+           and not _MASK.fullmatch(s.name) and not _NOT_TOKEN_IDS.fullmatch(s.name)
+           and np.shape(arrays[j]) == np.shape(arrays[k])]
+    same = [j for j in ids if specs[j].name == m.group(1) + "input_ids"]
+    return same[0] if same else (ids[0] if len(ids) == 1 else None)
+
+
+def _display_mask(name: str, specs: list, arrays: list[np.ndarray]) -> np.ndarray | None:
+    """The attention mask that goes with token input ``name`` (decoder_input_ids ↔
+    decoder_attention_mask), or the model's only mask of the same shape."""
+    shape = np.shape(arrays[[s.name for s in specs].index(name)])
+    found = {s.name: a for s, a in zip(specs, arrays) if _MASK.fullmatch(s.name)
+             and np.shape(a) == shape}
+    if name.endswith("input_ids") and name[:-len("input_ids")] + "attention_mask" in found:
+        return found[name[:-len("input_ids")] + "attention_mask"]
+    return next(iter(found.values())) if len(found) == 1 else None
+
+
+def _write_tokens(args: argparse.Namespace, exp: Any, specs: list, arrays: list[np.ndarray],
+                  tokenizer: Any, targets: list[int]) -> None:
+    """--tokens: one HTML section and one printed ranking per integer input with relevance."""
+    from lrpir.text import html_page, token_ranking, token_strings, tokens_html
+
+    ints = [k for k, s in enumerate(specs) if np.dtype(s.dtype).kind in "iu"
+            and not _MASK.fullmatch(s.name)]
+    shown = [k for k in ints if np.any(exp.relevance[k] != 0)]
+    if not shown:
+        print("note: no integer input received relevance; --tokens shows them all at zero")
+        shown = ints
+    percentile = None if args.percentile >= 100 else args.percentile
+    sections = []
+    for k in shown:
+        name, ids, rel = specs[k].name, np.asarray(arrays[k]), np.asarray(exp.relevance[k])
+        if ids.ndim == 1:
+            ids, rel = ids[None], rel.reshape(1, -1)
+        if ids.ndim != 2:
+            print(f"note: --tokens skips input '{name}' of shape {ids.shape} (not [batch, tokens])")
+            continue
+        title, decode, shown_ids = f"input '{name}'", tokenizer, ids
+        if _NOT_TOKEN_IDS.fullmatch(name):
+            j = _companion(k, specs, arrays)
+            if j is None:  # no token input to label it: show its own values
+                decode = None
+            else:
+                shown_ids = np.asarray(arrays[j]).reshape(ids.shape)
+                title += f" (on the tokens of '{specs[j].name}')"
+        try:
+            tokens = [token_strings(row, decode) for row in shown_ids]
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"--tokens: input '{name}': {exc}") from exc
+        mask = _display_mask(name, specs, arrays)
+        mask = None if mask is None else np.asarray(mask).reshape(ids.shape)
+        labels = ([f"#{j}: target {t}" for j, t in enumerate(targets)]
+                  if len(targets) == len(tokens) else None)
+        sections.append(tokens_html(tokens, rel, mask=mask, labels=labels, percentile=percentile,
+                                    title=title))
+        print(f"most relevant tokens of {title}:")
+        print(token_ranking(tokens, rel, mask=mask, labels=labels))
+    out = Path(args.tokens)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    title = f"{Path(args.model).name}, {args.rules}: token relevance"
+    out.write_text(html_page(*sections, title=title), encoding="utf-8")
+    print(f"token relevance written to {out}")
 
 
 def _write_heatmap(args: argparse.Namespace, exp: Any, inputs: Inputs, k: int,
@@ -450,6 +569,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     print(format_graph(compiled.graph, annotate=annotate))
     print()
     print(f"canonicalisation: {compiled.report}")
+    raised = compiled.report.raised
+    for r in raised[:20]:  # each chain raised to a composite op, and what it was made of
+        print(f"  raised {r}")
+    if len(raised) > 20:
+        print(f"  ... and {len(raised) - 20} more")
     print()
     print(compiled.plan)
     return 0

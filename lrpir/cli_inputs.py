@@ -1,4 +1,5 @@
-"""Reading the command line's input files: arrays from .npy/.npz, images with optional normalisation.
+"""Reading the command line's inputs: arrays from .npy/.npz, images with optional normalisation,
+and token ids from --text with a Hugging Face tokenizer.
 
 A NAME given several times stacks its files into one batch.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -110,18 +112,24 @@ class Inputs:
     images: list[bool]          # True where every file of the input is an image
 
 
-def read_inputs(specs: list, given: list[str], norm: Normalise | None = None) -> Inputs:
+def read_inputs(specs: list, given: list[str], norm: Normalise | None = None,
+                filled: dict[str, np.ndarray] | None = None) -> Inputs:
     """Match ``[NAME=]FILE`` arguments to the model's inputs and read them.
 
     A NAME given several times stacks its files along the batch axis; so do several unnamed files
-    for a model with one input.
+    for a model with one input. ``filled`` holds inputs already made (by --text): no file goes to
+    them.
     """
     norm = norm or Normalise([0.0], [1.0])
+    filled = filled or {}
     names = [s.name for s in specs]
     named: dict[str, list[Path]] = {}
     positional: list[Path] = []
     for arg in given:
         key, sep, rest = arg.partition("=")
+        if sep and key in filled:
+            raise InputError(f"input '{key}' is given twice: by --text (through the tokenizer) "
+                             f"and by --input {arg}")
         if sep and key in names:
             named.setdefault(key, []).append(Path(rest))
         elif sep and not Path(arg).exists() and key and "/" not in key and "\\" not in key:
@@ -129,21 +137,27 @@ def read_inputs(specs: list, given: list[str], norm: Normalise | None = None) ->
                              f"its inputs: {', '.join(names)}")
         else:
             positional.append(Path(arg))
-    free = [s for s in specs if s.name not in named]
+    free = [s for s in specs if s.name not in named and s.name not in filled]
     if len(specs) == 1 and free and len(positional) > 1:
         named[specs[0].name], positional, free = positional, [], []  # one input: files are a batch
     if len(positional) > len(free):
+        by_text = f"; --text fills {', '.join(filled)}" if filled else ""
         raise InputError(f"{len(given)} input file(s) given but the model takes {len(specs)} "
-                         f"input(s): {', '.join(names)} (to batch several files for one input, "
-                         f"repeat --input NAME=FILE with the same NAME)")
+                         f"input(s): {', '.join(names)}{by_text} (to batch several files for one "
+                         f"input, repeat --input NAME=FILE with the same NAME)")
     for spec, path in zip(free, positional):
         named[spec.name] = [path]
-    missing = [n for n in names if n not in named]
+    missing = [n for n in names if n not in named and n not in filled]
     if missing:
         raise InputError(f"no file given for input(s) {', '.join(missing)}; the model takes "
                          f"{', '.join(names)} (use --input NAME=FILE)")
     out = Inputs([], [], [])
     for spec in specs:
+        if spec.name in filled:
+            out.arrays.append(filled[spec.name])
+            out.display.append(filled[spec.name])
+            out.images.append(False)
+            continue
         parts, shown = [], []
         for path in named[spec.name]:
             if path.suffix.lower() in IMAGE_SUFFIXES:
@@ -175,3 +189,56 @@ def _stack(name: str, paths: list[Path], parts: list[np.ndarray]) -> np.ndarray:
             raise InputError(f"the files for input '{name}' cannot form one batch: '{paths[0]}' "
                              f"gives {first.shape} {first.dtype}, '{path}' gives {a.shape} {a.dtype}")
     return np.concatenate(parts, axis=0)
+
+
+# -- --text and --tokenizer -------------------------------------------------------------------
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def load_tokenizer(name: str) -> Any:
+    """A Hugging Face tokenizer from a local folder (or the local cache), never the network."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise InputError(f"--tokenizer {name}: loading a tokenizer needs transformers: "
+                         f"pip install transformers") from None
+    try:
+        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"--tokenizer {name}: no Hugging Face tokenizer could be loaded from it "
+                         f"(give a folder holding tokenizer.json or vocab files, or the name of a "
+                         f"tokenizer in the local cache): {first}") from None
+
+
+def tokenize_texts(tokenizer: Any, texts: list[str], specs: list) -> tuple[dict[str, np.ndarray],
+                                                                             list[str]]:
+    """The model inputs --text fills (input_ids, and attention_mask, token_type_ids where the
+    model takes them), one batch item per text, plus notes for the user (truncated texts)."""
+    by_name = {s.name: s for s in specs}
+    if "input_ids" not in by_name:
+        raise InputError(f"--text: the model has no input named 'input_ids' for the token ids; "
+                         f"its inputs: {', '.join(by_name)} (give ids with --input NAME=ids.npy)")
+    shape = by_name["input_ids"].shape
+    if shape is not None and len(shape) != 2:
+        raise InputError(f"--text makes a [batch, tokens] array, but input 'input_ids' has shape "
+                         f"{tuple(shape)}")
+    length = shape[1] if shape is not None and isinstance(shape[1], int) and shape[1] > 0 else None
+    kw: dict[str, Any] = ({"padding": "max_length", "max_length": length, "truncation": True}
+                          if length else {"padding": True})
+    try:
+        enc = tokenizer(list(texts), return_tensors="np", return_attention_mask=True,
+                        return_token_type_ids="token_type_ids" in by_name, **kw)
+        notes = []
+        if length:
+            for j, text in enumerate(texts):
+                n = len(tokenizer(text)["input_ids"])
+                if n > length:
+                    notes.append(f"note: --text #{j} has {n} tokens; cut to the model's {length}")
+    except Exception as exc:  # a tokenizer's own errors have no common base class
+        raise InputError(f"--tokenizer could not tokenize --text: {exc}") from exc
+    out = {}
+    for name in TEXT_INPUTS:
+        if name in by_name and name in enc:
+            out[name] = np.ascontiguousarray(np.asarray(enc[name]).astype(by_name[name].dtype))
+    return out, notes

@@ -7,7 +7,7 @@ into plain static values, so the rules see a MatMul with a weight, not a MatMul 
 from __future__ import annotations
 
 import numpy as np
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from lrpir.errors import UnsupportedOpError
@@ -43,10 +43,10 @@ def _static_shape(node: Node) -> np.ndarray | None:
 
 
 def remove_identities(graph: Graph) -> int:
-    """Drop Identity and inference-mode Dropout, rewiring their users."""
+    """Drop Identity, inference-mode Dropout and casts to the type a value already has."""
     removed = 0
     for node in list(graph.nodes):
-        if node.op_type not in _IDENTITIES or node.domain:
+        if node.domain or not (node.op_type in _IDENTITIES or _is_noop_cast(node)):
             continue
         if node.op_type == "Dropout" and len(node.inputs) > 2 and node.inputs[2] is not None:
             mode = node.inputs[2].data
@@ -61,6 +61,13 @@ def remove_identities(graph: Graph) -> int:
         graph.replace_uses(out, src)
         removed += 1
     return removed
+
+
+def _is_noop_cast(node: Node) -> bool:
+    if node.op_type != "Cast" or node.inputs[0] is None or node.inputs[0].dtype is None:
+        return False
+    to = node.attrs.get("to", 0)
+    return bool(to) and helper.tensor_dtype_to_np_dtype(to) == node.inputs[0].dtype
 
 
 def fold_constants(graph: Graph) -> int:

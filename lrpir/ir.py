@@ -174,6 +174,33 @@ class Graph:
                     self.set_input(node, i, new)
         self.outputs = [new if v is old else v for v in self.outputs]
 
+    def clone(self) -> Graph:
+        """A structural copy: new nodes and values, static arrays shared (passes never write
+        into them), so a pass can rewrite the copy and leave this graph as it was."""
+        other = Graph(self.name)
+        other.opset = self.opset
+        mapped: dict[int, Value] = {}
+        for v in self.values.values():
+            w = Value(v.name, v.shape, v.dtype, v.role, v.data, v.provenance)
+            other.values[w.name] = w
+            mapped[id(v)] = w
+
+        def get(v: Value | None) -> Value | None:
+            if v is None:
+                return None
+            if id(v) not in mapped:  # a value not registered in ``values`` (built by hand)
+                mapped[id(v)] = other.add_value(Value(v.name, v.shape, v.dtype, v.role, v.data,
+                                                      v.provenance))
+            return mapped[id(v)]
+
+        for node in self.nodes:
+            other.add_node(Node(node.op_type, [get(v) for v in node.inputs],
+                                [get(v) for v in node.outputs], dict(node.attrs), node.name,
+                                node.domain, node.provenance))
+        other.inputs = [get(v) for v in self.inputs]
+        other.outputs = [get(v) for v in self.outputs]
+        return other
+
     # -- queries ------------------------------------------------------------------------------
     def topological_sort(self) -> None:
         """Re-order ``nodes`` so that every producer precedes its users (stable)."""

@@ -78,7 +78,40 @@ def lrpir_functions() -> list[onnx.FunctionProto]:
         [helper.make_node("MatMul", ["A", "B"], ["AB"]), helper.make_node("Add", ["AB", "C"], ["Y"])],
         [helper.make_opsetid("", OPSET)],
     )
-    return [matmul_add]
+    opset = [helper.make_opsetid("", OPSET)]
+
+    def ref(name: str, attr: str, kind: int) -> onnx.AttributeProto:
+        a = onnx.AttributeProto(name=name, ref_attr_name=attr, type=kind)
+        return a
+
+    # RMSNormalization(X, Scale; axis, epsilon) as in ONNX opset 23: normalise over axes >= axis.
+    axis_c = helper.make_node("Constant", [], ["axis"])
+    axis_c.attribute.append(ref("value_int", "axis", onnx.AttributeProto.INT))
+    eps_c = helper.make_node("Constant", [], ["eps"])
+    eps_c.attribute.append(ref("value_float", "epsilon", onnx.AttributeProto.FLOAT))
+    rms_norm = helper.make_function(
+        LRPIR_DOMAIN, "RMSNormalization", ["X", "Scale"], ["Y"],
+        [axis_c, eps_c,
+         helper.make_node("Shape", ["X"], ["shape"]),
+         helper.make_node("Size", ["shape"], ["rank"]),
+         helper.make_node("Add", ["axis", "rank"], ["axis_plus_rank"]),
+         helper.make_node("Mod", ["axis_plus_rank", "rank"], ["first"]),
+         helper.make_node("Constant", [], ["one"], value_int=1),
+         helper.make_node("Range", ["first", "rank", "one"], ["axes"]),
+         helper.make_node("Mul", ["X", "X"], ["square"]),
+         helper.make_node("ReduceMean", ["square", "axes"], ["mean_square"], keepdims=1),
+         helper.make_node("CastLike", ["eps", "X"], ["eps_x"]),
+         helper.make_node("Add", ["mean_square", "eps_x"], ["shifted"]),
+         helper.make_node("Sqrt", ["shifted"], ["rms"]),
+         helper.make_node("Div", ["X", "rms"], ["normed"]),
+         helper.make_node("Mul", ["normed", "Scale"], ["Y"])],
+        opset, attributes=["axis", "epsilon"],
+    )
+    silu = helper.make_function(
+        LRPIR_DOMAIN, "Silu", ["X"], ["Y"],
+        [helper.make_node("Sigmoid", ["X"], ["s"]), helper.make_node("Mul", ["X", "s"], ["Y"])], opset,
+    )
+    return [matmul_add, rms_norm, silu]
 
 
 def to_onnx(graph: Graph, outputs: list[Value] | None = None) -> onnx.ModelProto:
@@ -187,4 +220,5 @@ def add_onnx_nodes(graph: Graph, nodes: Iterable[onnx.NodeProto],
             continue
         ins = [value_for(i) if i else None for i in n.input]
         outs = [output_for(o) if o else graph.new_value(f"{n.name}_unused") for o in n.output]
-        graph.add_node(Node(n.op_type, ins, outs, attrs, n.name, "", where))
+        domain = LRPIR_DOMAIN if n.domain == LRPIR_DOMAIN else ""
+        graph.add_node(Node(n.op_type, ins, outs, attrs, n.name, domain, where))

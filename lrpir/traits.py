@@ -15,14 +15,15 @@ CONV = "conv"                # a convolution with a weight: Conv, ConvTranspose
 DENSE = "dense"              # a dense product with a weight: Gemm, MatMul, Einsum, MatMulAdd
 AFFINE = "affine"            # elementwise scale/shift by static values, unfused batch norm
 SUM = "sum"                  # a sum of activations (residual adds), or an add of a constant
-AVERAGE = "average"          # average pooling, mean and sum reductions, linear resizing
+AVERAGE = "average"          # average pooling, mean/sum reductions, linear resizing, and p-norm
+#                              reductions (degree-1 homogeneous, so x·∂y/∂x splits y exactly)
 MAX = "max"                  # max pooling and max/min reductions: winner takes all
 ELEMENTWISE = "elementwise"  # a pointwise nonlinearity of one activation
 SHAPE = "shape"              # moves or selects elements without arithmetic
 PRODUCT = "product"          # an elementwise product of activations (gating)
 BILINEAR = "bilinear"        # a matrix product of two activations
 RATIO = "ratio"              # a quotient with an activation in the denominator
-NORMALIZE = "normalize"      # x divided by a function of x (LRN)
+NORMALIZE = "normalize"      # x (centred or not) divided by a statistic of x: LRN, layer/RMS/Lp norm
 SOFTMAX = "softmax"
 LOOKUP = "lookup"            # a row lookup into a parameter table with integer ids
 INDEX = "index"              # an integer reshape on the way from an id input to a lookup
@@ -33,7 +34,8 @@ ALL_TRAITS = (CONV, DENSE, AFFINE, SUM, AVERAGE, MAX, ELEMENTWISE, SHAPE, PRODUC
               NORMALIZE, SOFTMAX, LOOKUP, INDEX)
 
 _WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "MatMulAdd"}
-_AVERAGE = {"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "Resize", "Upsample"}
+_AVERAGE = {"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "Resize", "Upsample",
+            "ReduceL1", "ReduceL2", "LpPool"}
 _MAX = {"MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin", "Max", "Min"}
 _SHAPE = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Concat", "Split",
           "Pad", "Expand", "Tile", "Identity", "Dropout", "Gather", "GatherElements", "GatherND",
@@ -43,10 +45,14 @@ _ELEMENTWISE = {"Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "Tanh", "HardSi
                 "Erf", "Exp", "Log", "Sqrt", "Reciprocal", "Abs", "Sin", "Cos", "Tan", "Floor",
                 "Ceil", "Round", "Sign", "Pow"}
 _SUM = {"Add", "Sub", "Sum", "Mean"}
+_NORMALIZE = {"LRN", "LayerNormalization", "LpNormalization"}
+# lrpir-domain composites that pattern raising creates (``lrpir/raising.py``)
+_LRPIR_NORMALIZE = {"RMSNormalization"}
+_LRPIR_ELEMENTWISE = {"Silu"}
 
 # Every op type some trait covers, for validating override keys.
-KNOWN_OPS = (_WEIGHTED | _AVERAGE | _MAX | _SHAPE | _ELEMENTWISE | _SUM |
-             {"Mul", "Div", "Neg", "BatchNormalization", "LRN", "Softmax"})
+KNOWN_OPS = (_WEIGHTED | _AVERAGE | _MAX | _SHAPE | _ELEMENTWISE | _SUM | _NORMALIZE | _LRPIR_NORMALIZE
+             | _LRPIR_ELEMENTWISE | {"Mul", "Div", "Neg", "BatchNormalization", "Softmax"})
 
 
 def trait_of(node: Node, carries: Callable[[Value | None], bool], is_lookup: bool = False,
@@ -64,7 +70,11 @@ def trait_of(node: Node, carries: Callable[[Value | None], bool], is_lookup: boo
     if n == 0:
         return None
     if node.domain == LRPIR_DOMAIN:
-        return DENSE if op == "MatMulAdd" and active == [0] else None
+        if op == "MatMulAdd":
+            return DENSE if active == [0] else None
+        if op in _LRPIR_NORMALIZE:
+            return NORMALIZE if active == [0] else None
+        return ELEMENTWISE if op in _LRPIR_ELEMENTWISE else None
     if op in _WEIGHTED:
         if op in ("Conv", "ConvTranspose"):
             return CONV if active == [0] else None
@@ -91,8 +101,8 @@ def trait_of(node: Node, carries: Callable[[Value | None], bool], is_lookup: boo
         return AFFINE if active == [0] else ELEMENTWISE if active == [1] else RATIO
     if op == "BatchNormalization":
         return AFFINE if active == [0] else None
-    if op == "LRN":
-        return NORMALIZE
+    if op in _NORMALIZE:
+        return NORMALIZE if active == [0] else None
     if op == "Softmax":
         return SOFTMAX
     return None

@@ -3,6 +3,7 @@
 Rule objects can be passed as overrides: ``lrpir.Rules("epsilon", overrides={"Conv": GammaRule(0.5)})``.
 """
 
+from lrpir.rules.attention import BlockRule, HeldNormRule, ValueOnlyRule
 from lrpir.rules.base import Rule, Site
 from lrpir.rules.basic import (
     BilinearRule,
@@ -22,12 +23,14 @@ from lrpir.rules.weighted import AlphaBetaRule, FlatRule, GammaRule, WSquareRule
 __all__ = [
     "AlphaBetaRule",
     "BilinearRule",
+    "BlockRule",
     "EpsilonRule",
     "FlatRule",
     "GammaRule",
     "GradientLookupRule",
     "GradientRule",
     "HeldDenominatorRule",
+    "HeldNormRule",
     "IndexReshapeRule",
     "LookupRule",
     "PassRule",
@@ -35,6 +38,7 @@ __all__ = [
     "Site",
     "SoftmaxRule",
     "UniformRule",
+    "ValueOnlyRule",
     "WSquareRule",
     "ZBoxRule",
     "ZPlusRule",

@@ -150,11 +150,12 @@ class UniformRule(Rule):
 class HeldDenominatorRule(Rule):
     """``y = x / d(x)`` with ``d`` held constant: the numerator gets ``y·R/stab(y)``, ``d`` nothing.
 
-    Serves LRN (its normaliser) and a quotient of two activations.
+    Serves a quotient of two activations, ``x / ‖x‖`` written out as a Div among them. (Ops that
+    normalise in one piece, LRN and layer norm, take ``held-norm``.)
     """
 
     name = "held-denominator"
-    traits = frozenset({T.NORMALIZE, T.RATIO})
+    traits = frozenset({T.RATIO})
 
     def __init__(self, epsilon: float = 1e-6) -> None:
         self.epsilon = float(epsilon)

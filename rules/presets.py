@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lrpir.rules import basic, weighted
+from lrpir.rules import attention, basic, weighted
 from lrpir.rules.base import Rule
 
 from lrpir import traits as T
@@ -50,6 +50,9 @@ RULE_FACTORIES: dict[str, Callable[[Rules], Rule]] = {
     "uniform": lambda r: basic.UniformRule(),
     "bilinear": lambda r: basic.BilinearRule(r.stabilizer),
     "held-denominator": lambda r: basic.HeldDenominatorRule(r.stabilizer),
+    "held-norm": lambda r: attention.HeldNormRule(r.stabilizer),
+    "block": lambda r: attention.BlockRule(),
+    "value-only": lambda r: attention.ValueOnlyRule(r.stabilizer),
     "softmax": lambda r: basic.SoftmaxRule(),
     "lookup": lambda r: basic.LookupRule(),
     "index": lambda r: basic.IndexReshapeRule(),
@@ -75,7 +78,7 @@ def _base_map(r: Rules) -> TraitTable:
         T.PRODUCT: basic.UniformRule(),
         T.BILINEAR: basic.BilinearRule(r.stabilizer),
         T.RATIO: basic.HeldDenominatorRule(r.stabilizer),
-        T.NORMALIZE: basic.HeldDenominatorRule(r.stabilizer),
+        T.NORMALIZE: attention.HeldNormRule(r.stabilizer),
         T.SOFTMAX: basic.SoftmaxRule(),
         T.LOOKUP: basic.LookupRule(),
         T.INDEX: basic.IndexReshapeRule(),
@@ -120,11 +123,30 @@ EPSILON_GAMMA_BOX = Preset("epsilon-gamma-box",
                            "γ on convolutions, ε on dense layers, z-box on the first layer "
                            "(needs low and high)",
                            _composite("gamma"), first=_first("z-box"))
+ATTNLRP = Preset("attnlrp",
+                  "AttnLRP (Achtibat et al. 2024): ε on weighted ops, gradient × input of softmax, "
+                  "½-ε on products of two activations (Q·Kᵀ, A·V), normalisations with their "
+                  "statistic held, identity through GELU/SiLU",
+                  _composite("epsilon"))
+
+
+def _cp_lrp(r: Rules) -> TraitTable:
+    table = _composite("epsilon")(r)
+    table[T.SOFTMAX] = attention.BlockRule()
+    table[T.BILINEAR] = attention.ValueOnlyRule(r.stabilizer)
+    table[T.PRODUCT] = attention.ValueOnlyRule(r.stabilizer)
+    return table
+
+
+CP_LRP = Preset("cp-lrp", "CP-LRP (Ali et al. 2022): as attnlrp, but attention weights are held "
+                "constant, so relevance flows through the values only, never into Q and K",
+                _cp_lrp)
 GRADIENT_X_INPUT = Preset("gradient-x-input", "x ⊙ ∂(start/y)/∂x: the plain gradient times the input",
                           _gradient_x_input, mode="gradient")
 
 BUILTIN_PRESETS = {p.name: p for p in (EPSILON, EPSILON_PLUS, EPSILON_PLUS_FLAT, EPSILON_ALPHA2_BETA1,
-                                       EPSILON_ALPHA2_BETA1_FLAT, EPSILON_GAMMA_BOX, GRADIENT_X_INPUT)}
+                                       EPSILON_ALPHA2_BETA1_FLAT, EPSILON_GAMMA_BOX, ATTNLRP, CP_LRP,
+                                       GRADIENT_X_INPUT)}
 
 
 def available_presets() -> dict[str, Preset]:

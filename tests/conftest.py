@@ -44,16 +44,30 @@ def onnx_export():
     return export_onnx
 
 
-@pytest.fixture(scope="session")
-def lrp_ref():
-    """``tests/lrp_reference.py``: the float64 matrix-form LRP oracle (loaded by path)."""
+def _load(name: str):
+    """A helper module of ``tests/`` loaded by path (importlib mode keeps ``tests`` off sys.path)."""
     import importlib.util
     import sys
     from pathlib import Path
 
-    path = Path(__file__).with_name("lrp_reference.py")
-    spec = importlib.util.spec_from_file_location("lrp_reference", path)
+    if name in sys.modules:
+        return sys.modules[name]
+    path = Path(__file__).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def zoo():
+    """``tests/transformer_zoo.py``: small random-weight Hugging Face transformers."""
+    pytest.importorskip("transformers")
+    return _load("transformer_zoo")
+
+
+@pytest.fixture(scope="session")
+def lrp_ref():
+    """``tests/lrp_reference.py``: the float64 matrix-form LRP oracle (loaded by path)."""
+    return _load("lrp_reference")

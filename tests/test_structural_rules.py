@@ -27,14 +27,14 @@ class SiLUNet(torch.nn.Module):
         return self.fc(x * torch.sigmoid(x))
 
 
-def test_silu_product_splits_uniformly_and_returns_everything_to_x(onnx_export):
+def test_silu_written_out_is_raised_and_returns_everything_to_x(onnx_export):
     torch.manual_seed(0)
     net = SiLUNet().double().eval()
     x = torch.randn(2, 6, dtype=torch.float64)
     exp = lrpir.explain(onnx_export(net, x), x.numpy(), rules=lrpir.Rules("epsilon", epsilon=0))
-    assert rules_by_op(exp)["Mul"] == {"uniform"}
-    assert rules_by_op(exp)["Sigmoid"] == {"pass"}
-    # reference: ε-0 on the linear layer gives R_h; half goes to x directly, half through sigmoid
+    assert rules_by_op(exp)["Silu"] == {"pass"}  # raised to lrpir::Silu from Mul(x, Sigmoid(x))
+    assert "Mul" not in rules_by_op(exp)
+    # reference: ε-0 on the linear layer gives R_h, and SiLU passes it on to x unchanged
     h = (x * torch.sigmoid(x)).numpy()
     w = net.fc.weight.detach().numpy()
     y = h @ w.T
@@ -86,7 +86,7 @@ def test_lrn_holds_its_denominator():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
     x = rng.normal(size=(2, 3, 6, 6)).astype(np.float32)
     exp = lrpir.explain(model, x)
-    assert rules_by_op(exp)["LRN"] == {"held-denominator"}
+    assert rules_by_op(exp)["LRN"] == {"held-norm"}
     c = exp.conservation
     np.testing.assert_allclose(c.inputs, c.start, rtol=1e-4)
 

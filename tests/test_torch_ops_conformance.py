@@ -92,6 +92,8 @@ CASES = _collect()
 # ops without any single-node conformance case in the onnx wheel
 NO_CASE = {
     ("lrpir", "MatMulAdd"),  # custom lrpir domain (tested in test_matmul_add)
+    ("lrpir", "RMSNormalization"),  # raised composites: test_lrpir_composites_match_onnxruntime
+    ("lrpir", "Silu"),
 }
 
 
@@ -179,6 +181,37 @@ def test_matmul_add() -> None:
     a, b, c = torch.randn(2, 3, 4), torch.randn(4, 5), torch.randn(5)
     (y,) = torch_ops.run_op("lrpir", "MatMulAdd", [a, b, c], {})
     torch.testing.assert_close(y, a @ b + c)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op, attrs", [("RMSNormalization", {"axis": -1, "epsilon": 1e-5}),
+                                       ("RMSNormalization", {"axis": 1, "epsilon": 0.125}),
+                                       ("Silu", {})])
+def test_lrpir_composites_match_onnxruntime(op, attrs, dtype) -> None:
+    """The torch kernels of the lrpir-domain composites equal onnxruntime running their ONNX
+    function bodies (which is what a lowered graph written with ``to_onnx`` contains)."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    from lrpir.onnx_io import OPSET, lrpir_functions
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3, 5)).astype(dtype)
+    scale = rng.normal(size=(3, 5)[attrs["axis"]:] if attrs.get("axis") == 1 else (5,)).astype(dtype)
+    names = ["x", "scale"] if op == "RMSNormalization" else ["x"]
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    graph = helper.make_graph(
+        [helper.make_node(op, names, ["y"], domain="lrpir", **attrs)], "g",
+        [helper.make_tensor_value_info(n, elem, a.shape) for n, a in zip(names, (x, scale))],
+        [helper.make_tensor_value_info("y", elem, x.shape)])
+    model = helper.make_model(graph, functions=lrpir_functions(), opset_imports=[
+        helper.make_opsetid("", OPSET), helper.make_opsetid("lrpir", 1)])
+    model.ir_version = 10
+    feeds = dict(zip(names, (x, scale)))
+    (expected,) = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    (got,) = torch_ops.run_op("lrpir", op, [torch.from_numpy(feeds[n]) for n in names], attrs)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                               atol=1e-6 if dtype == np.float32 else 1e-12)
 
 
 def _rand(*shape):
