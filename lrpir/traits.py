@@ -23,7 +23,8 @@ SHAPE = "shape"              # moves or selects elements without arithmetic
 PRODUCT = "product"          # an elementwise product of activations (gating)
 BILINEAR = "bilinear"        # a matrix product of two activations
 RATIO = "ratio"              # a quotient with an activation in the denominator
-NORMALIZE = "normalize"      # x (centred or not) divided by a statistic of x: LRN, layer/RMS/Lp norm
+NORMALIZE = "normalize"      # x (centred or not) divided by a statistic of x: LRN, layer/instance/
+#                              RMS/Lp norm
 SOFTMAX = "softmax"
 LOOKUP = "lookup"            # a row lookup into a parameter table with integer ids
 INDEX = "index"              # an integer reshape on the way from an id input to a lookup
@@ -45,7 +46,7 @@ _ELEMENTWISE = {"Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "Tanh", "HardSi
                 "Erf", "Exp", "Log", "Sqrt", "Reciprocal", "Abs", "Sin", "Cos", "Tan", "Floor",
                 "Ceil", "Round", "Sign", "Pow"}
 _SUM = {"Add", "Sub", "Sum", "Mean"}
-_NORMALIZE = {"LRN", "LayerNormalization", "LpNormalization"}
+_NORMALIZE = {"LRN", "LayerNormalization", "LpNormalization", "InstanceNormalization"}
 # lrpir-domain composites that pattern raising creates (``lrpir/raising.py``)
 _LRPIR_NORMALIZE = {"RMSNormalization"}
 _LRPIR_ELEMENTWISE = {"Silu"}

@@ -24,6 +24,8 @@ class HeldNormRule(Rule):
     - Layer norm: the held op is ``y = scale · (x − mean(x)) / σ + b``, and
       ``R_x = x ⊙ Jᵀ(R / stab(y))`` with ``Jᵀg = scale·g/σ − mean(scale·g/σ)`` over the normalised
       axes. The bias ``b`` keeps its share, like a bias of a linear layer.
+    - Instance norm (what torch's GroupNorm exports to): the same, with the mean and σ taken over
+      the spatial axes and the scale per channel.
     """
 
     name = "held-norm"
@@ -35,7 +37,7 @@ class HeldNormRule(Rule):
         self.epsilon = float(epsilon)
 
     def needs(self, node: Node, active: list[int]) -> tuple[set[int], set[int]]:
-        if node.op_type == "LayerNormalization":
+        if node.op_type in ("LayerNormalization", "InstanceNormalization"):
             return {0, 1}, {0}
         return set(), {0}
 
@@ -47,7 +49,16 @@ class HeldNormRule(Rule):
         if node.op_type in _ELEMENTWISE_NORMS:
             out[0] = y * s
         elif node.op_type == "LayerNormalization":
-            out[0] = _layer_norm_relevance(xp, node, inputs[0], inputs[1], s)
+            rank = len(xp.shape(inputs[0]))
+            axes = tuple(range(node.attrs.get("axis", -1) % rank, rank))
+            out[0] = _centred_norm_relevance(xp, inputs[0], inputs[1], axes,
+                                             node.attrs.get("epsilon", 1e-5), s)
+        elif node.op_type == "InstanceNormalization":
+            shape = xp.shape(inputs[0])
+            per_channel = (1, shape[1]) + (1,) * (len(shape) - 2)
+            out[0] = _centred_norm_relevance(xp, inputs[0], xp.reshape(inputs[1], per_channel),
+                                             tuple(range(2, len(shape))),
+                                             node.attrs.get("epsilon", 1e-5), s)
         else:
             raise RuleError(f"{node.where()}: the held-norm rule does not know this op")
         return out
@@ -56,16 +67,15 @@ class HeldNormRule(Rule):
         return f"{self.name}(ε={self.epsilon:g})"
 
 
-def _layer_norm_relevance(xp, node: Node, x: Array, scale: Array, s: Array) -> Array:
-    rank = len(xp.shape(x))
-    axis = node.attrs.get("axis", -1) % rank
-    axes = tuple(range(axis, rank))
+def _centred_norm_relevance(xp, x: Array, scale: Array, axes: tuple[int, ...], epsilon: float,
+                            s: Array) -> Array:
+    """``x ⊙ Jᵀs`` for ``y = scale · (x − mean(x)) / σ (+ b)`` normalised over ``axes``, σ held."""
     count = 1
     for d in axes:
         count *= xp.shape(x)[d]
     centred = x - xp.sum(x, axes, keepdims=True) / count
     variance = xp.sum(centred * centred, axes, keepdims=True) / count
-    inv_std = (variance + node.attrs.get("epsilon", 1e-5)) ** -0.5
+    inv_std = (variance + epsilon) ** -0.5
     g = s * scale * inv_std
     return x * (g - xp.sum(g, axes, keepdims=True) / count)
 

@@ -236,3 +236,24 @@ def test_cp_lrp_passes_relevance_through_the_values_only(onnx_export):
 
     attn = lrpir.explain(model, x.numpy(), rules="attnlrp", target=0)
     assert not np.allclose(attn.relevance[0], cp.relevance[0])  # AttnLRP also credits Q and K
+
+
+def test_instance_norm_rule_holds_the_standard_deviation_in_float64():
+    """InstanceNormalization, what torch exports GroupNorm and InstanceNorm to: σ over the
+    spatial axes per item and channel, scale and bias per channel."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 3, 4, 5)) + 1.0
+    scale, b = rng.normal(size=3), rng.normal(size=3)
+    eps = 2.0**-17  # exact in the float32 attribute
+    model = _model([helper.make_node("InstanceNormalization", ["x", "scale", "b"], ["y"], epsilon=eps)],
+                   [("x", x.shape)], x.shape, [("scale", scale), ("b", b)])
+    r = _start(rng, x.shape)
+    exp = lrpir.explain(model, x, target=r, rules="attnlrp")
+    assert [a.rule.name for a in exp.plan.assignments] == ["held-norm"]
+
+    xt = torch.tensor(x, requires_grad=True)
+    centred = xt - xt.mean((2, 3), keepdim=True)
+    sigma = torch.sqrt((centred**2).mean((2, 3), keepdim=True) + eps).detach()
+    y = centred / sigma * torch.tensor(scale)[:, None, None] + torch.tensor(b)[:, None, None]
+    (g,) = torch.autograd.grad(y, xt, torch.tensor(r) / torch.tensor(_stab(y.detach().numpy())))
+    np.testing.assert_allclose(exp.relevance[0], (xt * g).detach().numpy(), rtol=1e-9, atol=1e-12)

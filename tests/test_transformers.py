@@ -153,6 +153,22 @@ def test_float64_with_zero_biases_only_allowed_ops_keep_relevance(name, exporter
     assert not leaks, "ops that should conserve relevance did not:\n" + "\n".join(leaks)
 
 
+@pytest.mark.parametrize("name", ["deberta", "bloom", "gemma", "bart", "swin", "convnext", "wav2vec2"])
+def test_more_architectures_explain_with_no_model_specific_code(name, exported):
+    """Breadth: relative-position and ALiBi attention, shifted windows, channel layer norms, group
+    norms, another encoder-decoder. One exporter each (dynamo, or legacy where dynamo fails)."""
+    import torch
+
+    built, path = exported(name, "legacy" if name == "bart" else "dynamo")
+    inputs = _numpy(built)
+    exp = lrpir.explain(str(path), *inputs, rules="attnlrp", target=_target(built))
+    with torch.no_grad():
+        np.testing.assert_allclose(exp.output, built.model(*built.args).numpy(), rtol=1e-4, atol=1e-5)
+    for r in exp.relevance:
+        assert np.all(np.isfinite(r)) and np.abs(r).sum() > 0
+    _check_identity(exp)
+
+
 # -- pattern raising on a real export -----------------------------------------------------------
 def _decompose_softmax(graph) -> int:
     """Write every Softmax out as JAX and some exporters do: exp(x − max) / Σ exp(x − max)."""

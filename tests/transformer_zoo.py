@@ -125,10 +125,82 @@ def whisper(gen: torch.Generator):
 
 MODELS = {"bert": bert, "gpt2": gpt2, "llama": llama, "t5": t5, "vit": vit, "whisper": whisper}
 
+# -- more architectures, for breadth: each brings something the six above do not ----------------
+_SMALL = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+              intermediate_size=64, max_position_embeddings=32, attn_implementation="eager")
+
+
+def _text(model) -> tuple:
+    return model, None, ["input_ids"], ["ids"]
+
+
+def deberta(gen):  # disentangled relative attention (gathers into relative-position tables)
+    import transformers as tf
+
+    return _text(tf.DebertaV2ForSequenceClassification(tf.DebertaV2Config(**_SMALL)))
+
+
+def bloom(gen):  # ALiBi position biases
+    import transformers as tf
+
+    return _text(tf.BloomForCausalLM(tf.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2,
+                                                    n_head=4, attn_implementation="eager")))
+
+
+def gemma(gen):  # tanh-GELU gate, RMS norm scaled by (1 + w), grouped-query attention
+    import transformers as tf
+
+    return _text(tf.GemmaForCausalLM(tf.GemmaConfig(**_SMALL, num_key_value_heads=2, head_dim=8)))
+
+
+def bart(gen):  # encoder-decoder with learned positions (the dynamo exporter fails on it)
+    import transformers as tf
+
+    cfg = tf.BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2,
+                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                        decoder_ffn_dim=64, max_position_embeddings=32, attn_implementation="eager")
+    return tf.BartForConditionalGeneration(cfg), (_ids(gen, B, T), _ids(gen, B, T_DEC)), \
+        ["input_ids", "decoder_input_ids"], ["ids", "ids"]
+
+
+def swin(gen):  # shifted-window attention, patch merging
+    import transformers as tf
+
+    cfg = tf.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+                        window_size=4, num_labels=5, attn_implementation="eager")
+    return tf.SwinForImageClassification(cfg), (torch.randn(B, 3, 32, 32, generator=gen),), \
+        ["pixel_values"], ["float"]
+
+
+def convnext(gen):  # layer norm over channels (written out, not trailing), depthwise convolutions
+    import transformers as tf
+
+    cfg = tf.ConvNextConfig(num_channels=3, num_stages=2, hidden_sizes=[8, 16], depths=[1, 1],
+                            num_labels=5, image_size=32)
+    return tf.ConvNextForImageClassification(cfg), (torch.randn(B, 3, 32, 32, generator=gen),), \
+        ["pixel_values"], ["float"]
+
+
+def wav2vec2(gen):  # group norm (exported as InstanceNormalization), convolutional positions
+    import transformers as tf
+
+    cfg = tf.Wav2Vec2Config(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 2),
+                            conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                            num_conv_pos_embedding_groups=4, num_labels=3, attn_implementation="eager")
+    return tf.Wav2Vec2ForSequenceClassification(cfg), (torch.randn(B, 400, generator=gen),), \
+        ["input_values"], ["float"]
+
+
+MORE = {"deberta": deberta, "bloom": bloom, "gemma": gemma, "bart": bart, "swin": swin,
+        "convnext": convnext, "wav2vec2": wav2vec2}
+
 
 def build(name: str, dtype: torch.dtype = torch.float32, zero_bias: bool = False) -> Built:
     gen = torch.Generator().manual_seed(sum(map(ord, name)))
-    model, args, names, kinds = MODELS[name](gen)
+    model, args, names, kinds = {**MODELS, **MORE}[name](gen)
+    if args is None:  # a text model fed token ids only
+        args = (_ids(gen, B, T),)
     _randomize(model, gen, zero_bias)
     model = model.to(dtype).eval()
     args = tuple(a.to(dtype) if a.is_floating_point() else a for a in args)
