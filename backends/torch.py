@@ -140,6 +140,14 @@ def _direct_vjp(node: Node, inputs: list, wrt: list[int], cot: torch.Tensor) -> 
     if op in ("Add", "Sum") or (op == "Sub" and len(inputs) == 2):
         return [_unbroadcast(-cot if op == "Sub" and i == 1 else cot, inputs[i].shape)
                 for i in wrt]
+    if op == "MatMul" and inputs[0].dim() >= 2 and inputs[1].dim() >= 2:  # two activations
+        a, b = inputs
+        return [_unbroadcast(cot @ b.transpose(-1, -2) if i == 0 else a.transpose(-1, -2) @ cot,
+                             inputs[i].shape) for i in wrt]
+    if op == "Mul" and len(inputs) == 2:
+        return [_unbroadcast(cot * inputs[1 - i], inputs[i].shape) for i in wrt]
+    if op == "Div" and wrt == [0]:
+        return [_unbroadcast(cot / inputs[1], inputs[0].shape)]
     if wrt == [0] and op in _RESHAPES:
         return [cot.reshape(inputs[0].shape)]
     if wrt == [0] and op == "Pad" and node.attrs.get("mode", "constant") == "constant":

@@ -256,16 +256,21 @@ class Explainer:
                  if spec.name in used}
         chosen: dict[str, np.ndarray | None] = {}
 
+        shown = output if isinstance(output, str) else self.source.outputs[output]
+
         def seed(y: Any) -> Any:
             yn = self.backend.to_numpy(y)
-            if not np.all(np.isfinite(yn)):
-                bad = sorted({int(i) for i in np.argwhere(~np.isfinite(yn))[:, 0]}) if yn.ndim else [0]
+            start, chosen["target"] = start_relevance(yn, target, shown)
+            # NaN anywhere means the forward pass broke; ±inf is only fatal where it starts the
+            # relevance (a -inf logit of a banned token is fine when another one is explained)
+            broken = np.isnan(yn) | (~np.isfinite(start) if start.shape == yn.shape else False)
+            if np.any(broken):
+                bad = sorted({int(i) for i in np.argwhere(broken)[:, 0]}) if yn.ndim else [0]
                 raise InputError(
-                    f"the model's output '{c.plan.explained.name}' is NaN or infinite for batch "
+                    f"the model's output '{shown}' is NaN or infinite for batch "
                     f"item(s) {bad} of these inputs, so there is no relevance to explain. The "
                     "forward pass itself is not finite: check the model file (an exporter may have "
                     "written a constant such as float64's minimum as -inf) and the inputs.")
-            start, chosen["target"] = start_relevance(yn, target, c.plan.explained.name)
             return self.backend.from_numpy(start, like=y)
 
         raw = c.executable.run(feeds, seed)

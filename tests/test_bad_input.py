@@ -149,3 +149,30 @@ def test_older_opset_is_converted_and_newer_is_checked():
 def test_jit_on_the_torch_backend_is_refused_clearly():
     with pytest.raises(lrpir.InputError, match="jit=True"):
         lrpir.compile(linear_model(), X, jit=True)
+
+
+def _offset_model(offset: np.ndarray) -> onnx.ModelProto:
+    """y = x·w + offset: a constant added to the logits (a mask, a banned-token −inf)."""
+    w = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "c"], ["y"])],
+        "offset", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(offset.astype(np.float32), "c")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+def test_a_nan_output_is_an_error_naming_the_output_and_items():
+    x = np.ones((3, 4), np.float32)
+    x[1] = np.float32(3e38)  # item 1 overflows: inf + (-inf) = NaN
+    with pytest.raises(lrpir.InputError, match=r"output 'y' is NaN or infinite for batch item\(s\) \[1\]"):
+        lrpir.explain(_offset_model(np.array([0.0, -np.inf, 0.0])), x)
+
+
+def test_an_infinite_logit_that_is_not_explained_is_fine():
+    model = _offset_model(np.array([0.0, -np.inf, 0.0]))  # class 1 is banned
+    exp = lrpir.explain(model, X, target=2)
+    assert np.all(np.isfinite(exp.relevance[0]))
+    assert np.isneginf(exp.output[:, 1]).all()
+    with pytest.raises(lrpir.InputError, match="NaN or infinite"):
+        lrpir.explain(model, X, target=1)  # explaining the −inf logit itself is not
