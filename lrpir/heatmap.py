@@ -46,7 +46,7 @@ def _item_map(r: Any, channels_last: bool = False) -> np.ndarray:
                      f"got shape {r.shape}")
 
 
-def _limit(m: np.ndarray, percentile: float | None) -> float:
+def colour_limit(m: np.ndarray, percentile: float | None) -> float:
     """The colour limit: the ``percentile`` of |m| (None: the maximum), never zero."""
     finite = np.abs(m[np.isfinite(m)])
     if not finite.size:
@@ -66,7 +66,7 @@ def relevance_to_rgb(r: Any, percentile: float | None = 99.5, channels_last: boo
     """
     _check_percentile(percentile)
     m = _item_map(r, channels_last)
-    x = np.clip(np.nan_to_num(m / _limit(m, percentile)), -1.0, 1.0)
+    x = np.clip(np.nan_to_num(m / colour_limit(m, percentile)), -1.0, 1.0)
     pos, neg = np.clip(x, 0, 1), np.clip(-x, 0, 1)
     # bwr: white at zero, fading to pure red (+1) or pure blue (−1).
     rgb = np.stack([1.0 - neg, 1.0 - pos - neg, 1.0 - pos], axis=-1)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from lrpir.errors import InputError
-from lrpir.heatmap import _limit, relevance_to_rgb
+from lrpir.heatmap import colour_limit, relevance_to_rgb
 
 # Sub-word markers: WordPiece marks a continuation ("##ing"); SentencePiece ("▁") and byte-level
 # BPE ("Ġ" = space, "Ċ" = newline, "ĉ" = tab) mark the start of a word instead.
@@ -236,7 +236,7 @@ def _colours(rel: np.ndarray, keep: np.ndarray, percentile: float | None) -> tup
     if not shown.size:
         return rgb, 1.0
     rgb[keep] = relevance_to_rgb(shown[None], percentile)[0]
-    return rgb, _limit(shown, percentile)
+    return rgb, colour_limit(shown, percentile)
 
 
 _SPAN = "padding:1px 2px;border-radius:3px;white-space:pre;"
