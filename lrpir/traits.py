@@ -41,6 +41,7 @@ _MAX = {"MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin", "Max", "Min"}
 _SHAPE = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Concat", "Split",
           "Pad", "Expand", "Tile", "Identity", "Dropout", "Gather", "GatherElements", "GatherND",
           "DepthToSpace", "SpaceToDepth", "Cast", "CastLike", "Where", "Trilu"}
+SHAPE_OPS = frozenset(_SHAPE)  # ops that move, select or cast values without arithmetic
 _ELEMENTWISE = {"Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish",
                 "Elu", "Selu", "Celu", "Softplus", "Softsign", "Gelu", "Mish", "ThresholdedRelu",
                 "Erf", "Exp", "Log", "Sqrt", "Reciprocal", "Abs", "Sin", "Cos", "Tan", "Floor",

@@ -8,6 +8,7 @@ are in ``../shared/rules-reference.md`` and ``docs/rules.md``.
 from __future__ import annotations
 
 from lrpir.rules.base import Array, Rule, Site, operands, stabilized_ratio
+from lrpir.rules.basic import BilinearRule, UniformRule
 
 from lrpir import traits as T
 from lrpir.errors import RuleError
@@ -112,8 +113,6 @@ class ValueOnlyRule(Rule):
     def specialize(self, site: Site) -> Rule:
         held = [i for i in site.active if _from_softmax(site.node.inputs[i])]
         if len(held) != 1:  # no softmax operand (or two): an ordinary product of activations
-            from lrpir.rules.basic import BilinearRule, UniformRule
-
             return BilinearRule(self.epsilon) if site.trait == T.BILINEAR else UniformRule()
         return ValueOnlyRule(self.epsilon, held[0])
 
@@ -136,11 +135,6 @@ class ValueOnlyRule(Rule):
         return f"{self.name}(ε={self.epsilon:g}{held})"
 
 
-# Ops between a softmax and the product that only move or cast its values.
-_PASS_THROUGH = {"Cast", "CastLike", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Expand",
-                 "Slice", "Flatten", "Identity", "Dropout", "Where", "Concat", "Split", "Gather"}
-
-
 def _from_softmax(value: Value | None) -> bool:
     """Whether ``value`` is a softmax's output, possibly moved or cast on the way."""
     seen = 0
@@ -148,7 +142,7 @@ def _from_softmax(value: Value | None) -> bool:
         node = value.producer
         if node.op_type == "Softmax" and not node.domain:
             return True
-        if node.op_type not in _PASS_THROUGH or node.domain:
+        if node.op_type not in T.SHAPE_OPS or node.domain:  # only moved or cast on the way
             return False
         value = next((v for v in node.inputs if v is not None and v.is_activation), None)
         seen += 1

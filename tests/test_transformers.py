@@ -153,6 +153,25 @@ def test_float64_with_zero_biases_only_allowed_ops_keep_relevance(name, exporter
     assert not leaks, "ops that should conserve relevance did not:\n" + "\n".join(leaks)
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_cp_lrp_holds_every_attention_matrix(name, exported):
+    """CP-LRP: each A·V product finds its softmax operand (through the reshapes and casts between
+    them) and passes relevance to the values only; no softmax receives any."""
+    built, path = exported(name, "dynamo")
+    inputs = _numpy(built)
+    exp = lrpir.explain(str(path), *inputs, rules="cp-lrp", target=_target(built))
+    products = [a for a in exp.plan.assignments if a.node.op_type == "MatMul" and len(a.active) == 2]
+    held = [a for a in products if a.rule.name == "value-only"]
+    softmaxes = [a for a in exp.plan.assignments if a.node.op_type == "Softmax"]
+    assert softmaxes and len(held) == len(softmaxes)  # one A·V per attention
+    kept = {o.name: o.amount for o in exp.conservation.ops}
+    for a in softmaxes:
+        assert a.rule.name == "block" and not np.any(kept.get(a.node.name, 0))
+    for r in exp.relevance:
+        assert np.all(np.isfinite(r))
+    _check_identity(exp)
+
+
 @pytest.mark.parametrize("name", ["deberta", "bloom", "gemma", "bart", "swin", "convnext", "wav2vec2"])
 def test_more_architectures_explain_with_no_model_specific_code(name, exported):
     """Breadth: relative-position and ALiBi attention, shifted windows, channel layer norms, group
