@@ -14,6 +14,7 @@ from lrpir.conservation import Conservation, OpAmount
 from lrpir.engine import assign_rules
 from lrpir.errors import InputError, UnsupportedOpError
 from lrpir.ir import Graph, Value
+from lrpir.plugins import InputSpec
 from lrpir.rules.presets import Rules, as_rules
 from lrpir.schedule import Plan, schedule
 
@@ -86,15 +87,28 @@ class ArrayInput:
             if bool(torch.isfinite(x).all()):
                 return None
             return tuple(int(i) for i in torch.nonzero(~torch.isfinite(x))[0].tolist())
-        if np.all(np.isfinite(x)):
+        if _is_jax(x):  # JAX: check on the device too
+            import jax.numpy as jnp
+
+            if bool(jnp.isfinite(x).all()):
+                return None
+        elif np.all(np.isfinite(x)):
             return None
-        return tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
+        host = np.asarray(x)
+        return tuple(int(i) for i in np.argwhere(~np.isfinite(host))[0])
+
+
+def _is_jax(x: Any) -> bool:
+    return type(x).__module__.startswith(("jax", "jaxlib"))
 
 
 def _as_input(x: Any) -> ArrayInput:
     if hasattr(x, "detach") and hasattr(x, "dtype"):  # a torch tensor
         name = str(x.dtype).removeprefix("torch.")
         return ArrayInput(x.detach(), tuple(x.shape), np.dtype("float32" if name == "bfloat16" else name))
+    if _is_jax(x) and hasattr(x, "dtype"):  # a JAX array stays where it is (no host copy)
+        dtype = np.dtype(x.dtype)
+        return ArrayInput(x, tuple(x.shape), np.dtype("float32") if dtype.name == "bfloat16" else dtype)
     a = np.asarray(x)
     return ArrayInput(a, a.shape, a.dtype)
 
@@ -103,17 +117,31 @@ def _host(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
+_CAPTURES = ("export", "autograd")
+
+
 def _pick_frontend(model: Any, capture: str | None) -> Any:
+    """The first frontend that accepts ``model``; catch-all frontends (``jax``: any callable) last."""
+    if capture is not None and capture not in _CAPTURES:
+        raise InputError(f"capture={capture!r} is not a torch capture route; use one of "
+                         f"{', '.join(map(repr, _CAPTURES))} or None")
     found = plugins.frontends()
-    for name, fe in found.items():
+    ordered = sorted(found.items(), key=lambda item: bool(getattr(item[1], "catch_all", False)))
+    for _, fe in ordered:
         try:
-            if fe.accepts(model) if capture is None else (name == capture or fe.accepts(model)):
-                return fe
+            accepted = fe.accepts(model)
         except Exception:  # a plugin's accepts() must not hide the built-ins
             continue
+        if accepted:
+            if capture is not None and not getattr(fe, "captures", ()):
+                raise InputError(f"capture={capture!r} chooses how a torch module is captured, but "
+                                 f"this {type(model).__name__} is read by the {fe.name} frontend; "
+                                 "leave capture=None")
+            return fe
     kinds = ", ".join(sorted(found)) or "none installed"
     raise InputError(f"lrpir cannot read a model of type {type(model).__name__}; frontends: {kinds}. "
-                     "Pass a path to a .onnx file or an onnx.ModelProto.")
+                     "Pass a torch.nn.Module, a JAX callable, a path to a .onnx file or an "
+                     "onnx.ModelProto.")
 
 
 def _pick_backend(name: str | None, framework: str) -> Any:
@@ -134,7 +162,8 @@ class Explainer:
     def __init__(self, model: Any, rules: str | Rules = "epsilon", backend: str | None = None,
                  capture: str | None = None, jit: bool = False, keep_softmax: bool = False) -> None:
         self.frontend = _pick_frontend(model, capture)
-        self.source = self.frontend.load(model)
+        self.source = (self.frontend.load(model) if capture is None
+                       else self.frontend.load(model, capture=capture))
         self.rules = as_rules(rules)
         self.backend = _pick_backend(backend, self.source.framework)
         self.jit = jit
@@ -149,8 +178,23 @@ class Explainer:
         return other
 
     # -- inputs -------------------------------------------------------------------------------
+    @property
+    def traced(self) -> bool:
+        """Whether the model declares no inputs of its own (torch modules, JAX callables): its
+        input names and the graph come from tracing it on the inputs of each call."""
+        return self.source.inputs is None
+
+    def input_specs(self, inputs: tuple | list) -> list[InputSpec]:
+        """The model's inputs: declared by the source, or, for a traced model, named by the
+        frontend for the arrays given."""
+        if not self.traced:
+            return self.source.inputs
+        arrays = [a if isinstance(a, ArrayInput) else _as_input(a) for a in inputs]
+        return self.frontend.input_specs(self.source, [a.shape for a in arrays],
+                                         [a.dtype for a in arrays])
+
     def _check_inputs(self, inputs: tuple) -> list[ArrayInput]:
-        specs = self.source.inputs
+        specs = self.input_specs(inputs)
         if len(inputs) != len(specs):
             names = ", ".join(s.name for s in specs)
             raise InputError(f"the model takes {len(specs)} input(s) ({names}), got {len(inputs)}")
@@ -193,10 +237,12 @@ class Explainer:
     # -- compilation --------------------------------------------------------------------------
     def _explained_value(self, graph: Graph, output: int | str) -> Value:
         names = [v.name for v in graph.outputs]
+        declared = self.source.outputs if self.source.outputs is not None else names
         if isinstance(output, str):
-            if output not in self.source.outputs:
-                raise InputError(f"output {output!r} is not an output of the model; outputs: {names}")
-            k = self.source.outputs.index(output)
+            if output not in declared:
+                raise InputError(f"output {output!r} is not an output of the model; outputs: "
+                                 f"{declared}")
+            k = declared.index(output)
         else:
             k = int(output)
             if not -len(names) <= k < len(names):
@@ -221,7 +267,7 @@ class Explainer:
     def compiled(self, arrays: list[Any], output: int | str = 0, device: Any = None) -> Compiled:
         """The compiled plan for these inputs (arrays or checked inputs), built once per shape."""
         arrays = [a if isinstance(a, ArrayInput) else _as_input(a) for a in arrays]
-        if isinstance(output, str) and output in self.source.outputs:
+        if isinstance(output, str) and output in (self.source.outputs or ()):
             output = self.source.outputs.index(output)  # one plan per output, however named
         if device is None:
             device = self.backend.default_device([a.value for a in arrays])
@@ -230,7 +276,9 @@ class Explainer:
                str(device))
         if key in self._cache:
             return self._cache[key]
-        graph = self.frontend.lower(self.source, [a.shape for a in arrays])
+        shapes = [a.shape for a in arrays]
+        graph = (self.frontend.lower(self.source, shapes, [a.dtype for a in arrays]) if self.traced
+                 else self.frontend.lower(self.source, shapes))
         index_values, report = canonicalize(graph)
         explained = self._explained_value(graph, output)
         dtype = self._compute_dtype(arrays, explained)
@@ -249,14 +297,15 @@ class Explainer:
     # -- running ------------------------------------------------------------------------------
     def __call__(self, *inputs: Any, target: Any = None, output: int | str = 0) -> Explanation:
         arrays = self._check_inputs(inputs)
+        specs = self.input_specs(arrays)
         device = self.backend.default_device(list(inputs))
         c = self.compiled(arrays, output, device)
         used = {g.name for g in c.graph.inputs}
-        feeds = {spec.name: a.value for spec, a in zip(self.source.inputs, arrays)
-                 if spec.name in used}
+        feeds = {spec.name: a.value for spec, a in zip(specs, arrays) if spec.name in used}
         chosen: dict[str, np.ndarray | None] = {}
 
-        shown = output if isinstance(output, str) else self.source.outputs[output]
+        names = self.source.outputs or [v.name for v in c.graph.outputs]
+        shown = output if isinstance(output, str) else names[output]
 
         def seed(y: Any) -> Any:
             yn = self.backend.to_numpy(y)
@@ -275,7 +324,7 @@ class Explainer:
 
         raw = c.executable.run(feeds, seed)
         relevance = []
-        for spec, a in zip(self.source.inputs, arrays):
+        for spec, a in zip(specs, arrays):
             r = raw.relevance.get(spec.name)
             dtype = a.dtype if a.dtype.kind == "f" else self._compute_dtype(arrays, c.plan.explained)
             relevance.append(self.backend.to_numpy(r).reshape(a.shape) if r is not None
@@ -299,7 +348,7 @@ class Explainer:
         ops = [o for o in ops if np.any(o.amount != 0)]
         cons = Conservation(start_sum, inputs_sum, ops, raw.per_item_exact)
         return Explanation(relevance, self.backend.to_numpy(raw.output), chosen.get("target"),
-                           cons, c.plan, tuple(spec.name for spec in self.source.inputs))
+                           cons, c.plan, tuple(spec.name for spec in specs))
 
 
 def start_relevance(y: np.ndarray, target: Any, name: str = "output") -> tuple[np.ndarray, np.ndarray | None]:

@@ -29,18 +29,31 @@ class InputSpec:
 
 @dataclass
 class Source:
-    """A model a frontend has loaded and can lower for concrete input shapes."""
+    """A model a frontend has loaded and can lower for concrete input shapes.
+
+    A file format declares its inputs and outputs. A *traced* model (a torch module, a JAX
+    callable) does not: ``inputs`` and ``outputs`` are ``None``, the frontend names the inputs of
+    each call (``input_specs``) and the lowered graph's outputs name the outputs.
+    """
 
     frontend: str
     framework: str
-    inputs: list[InputSpec]
-    outputs: list[str]
+    inputs: list[InputSpec] | None
+    outputs: list[str] | None
     payload: Any
     description: str = ""
 
 
 @runtime_checkable
 class Frontend(Protocol):
+    """What ``lrpir.frontends`` entry points provide (see ``frontends/onnx.py``).
+
+    Frontends of traced models also provide ``input_specs(source, shapes, dtypes)`` and take
+    ``lower(source, shapes, dtypes)``; one that reads torch modules lists its routes in
+    ``captures`` and takes ``load(model, capture=...)``. A frontend with ``catch_all = True``
+    (any callable) is asked last.
+    """
+
     name: str
 
     def accepts(self, model: Any) -> bool: ...
