@@ -1,0 +1,103 @@
+"""Torch frontend: a ``torch.nn.Module`` captured with ``torch.export`` and lowered into the IR.
+
+A module declares no input shapes of its own, so its source is *traced*: input names come from
+``forward``'s signature, and the graph is exported and lowered for the shapes and dtypes of each
+call (see ``torch_export.py`` for capture, ``torch_lower.py`` and the ``torch_aten*`` tables for
+lowering). lrpir explains a module in inference mode and never changes it: a module in training
+mode is an error, not something lrpir switches for you.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from typing import Any
+
+import numpy as np
+
+from lrpir.errors import InputError
+from lrpir.ir import Graph
+from lrpir.plugins import InputSpec, Source
+
+CAPTURES = ("export", "autograd")
+
+
+def _torch() -> Any:
+    return sys.modules.get("torch")
+
+
+def check_eval(module: Any) -> None:
+    """LRP explains inference: dropout off, batch norm on running statistics."""
+    for path, sub in module.named_modules():
+        if sub.training:
+            where = f"its submodule '{path}' ({type(sub).__name__})" if path else "it"
+            raise InputError(
+                f"{type(module).__name__} is in training mode ({where}); lrpir explains a model "
+                "in inference mode and does not change your module: call model.eval() first")
+
+
+def input_names(module: Any, count: int) -> list[str]:
+    """Names of ``count`` positional inputs, from ``forward``'s signature (``x``, ``input_ids``;
+    ``args_0``, ``args_1`` … for ``*args``)."""
+    params = list(inspect.signature(module.forward).parameters.values())
+    names: list[str] = []
+    for p in params:
+        if len(names) == count:
+            break
+        if p.kind is p.VAR_POSITIONAL:
+            names += [f"{p.name}_{i}" for i in range(count - len(names))]
+        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+    if len(names) < count:
+        raise InputError(f"{type(module).__name__}.forward takes {len(names)} positional input(s) "
+                         f"({', '.join(names) or 'none'}), got {count}")
+    missing = [p.name for p in params[len(names):]
+               if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    if missing:
+        raise InputError(f"{type(module).__name__}.forward also needs {', '.join(missing)}: pass "
+                         "every input without a default, positionally")
+    return names
+
+
+class TorchFrontend:
+    name = "torch"
+    captures = CAPTURES
+
+    def accepts(self, model: Any) -> bool:
+        torch = _torch()
+        return torch is not None and isinstance(model, torch.nn.Module)
+
+    def load(self, model: Any, capture: str | None = None) -> Source:
+        if capture == "autograd":
+            raise InputError("capture='autograd' (lowering the autograd graph) is not available yet; "
+                             "use capture='export' or explain an ONNX export of the model")
+        if capture not in (None, "export"):
+            raise InputError(f"capture={capture!r} is not a torch capture route; use 'export'")
+        check_eval(model)
+        from lrpir.frontends.torch_export import Capture
+
+        return Source("torch", "torch", None, None, Capture(model),
+                      description=type(model).__name__)
+
+    def input_specs(self, source: Source, shapes: list[tuple[int, ...]],
+                    dtypes: list[np.dtype]) -> list[InputSpec]:
+        names = input_names(source.payload.module, len(shapes))
+        return [InputSpec(n, np.dtype(d), tuple(s)) for n, s, d in zip(names, shapes, dtypes)]
+
+    def lower(self, source: Source, shapes: list[tuple[int, ...]],
+              dtypes: list[np.dtype] | None = None) -> Graph:
+        capture = source.payload
+        check_eval(capture.module)
+        if dtypes is None:
+            raise InputError("the torch frontend lowers for given input dtypes: pass dtypes")
+        _register_lowerings()
+        names = input_names(capture.module, len(shapes))
+        return capture.lower(list(shapes), [np.dtype(d) for d in dtypes], names)
+
+
+def _register_lowerings() -> None:
+    """Importing the tables registers their lowerings (kept out of import time: torch is heavy)."""
+    from lrpir.frontends import torch_aten, torch_aten_nn, torch_aten_shape  # noqa: F401
+
+
+FRONTEND = TorchFrontend()
