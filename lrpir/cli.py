@@ -1,4 +1,4 @@
-"""The ``lrpir`` command: explain, inspect, plugins, demo.
+"""The ``lrpir`` command: explain, inspect, plugins, coverage, demo.
 
 Every error a user can cause (a missing file, a wrong shape, an unknown preset, a target out of
 range) prints ``lrpir: error: <message>`` and exits with status 2, never a traceback.
@@ -30,6 +30,7 @@ examples:
   lrpir explain bert.onnx --tokenizer ./bert --text "a fine film" --out r.npz --tokens r.html
   lrpir inspect model.onnx --input-shape image=1,3,224,224 --override Conv=gamma
   lrpir plugins
+  lrpir coverage --models vgg16,bert --routes onnx
 
 run 'lrpir COMMAND --help' for the options of one command.
 """
@@ -204,6 +205,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("plugins", help="list frontends, backends and rule presets found",
                    formatter_class=fmt, epilog=_PLUGINS_EPILOG)
+    from lrpir.coverage import add_parser as add_coverage  # the command lives in coverage.py
+
+    add_coverage(sub, fmt)
     return p
 
 
@@ -507,6 +511,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_coverage(args: argparse.Namespace) -> int:
+    from lrpir.coverage import command
+
+    return command(args)
+
+
 def _model_path(text: str) -> str:
     path = Path(text)
     if not path.exists():
@@ -531,7 +541,7 @@ def _glue_negative_lists(argv: list[str]) -> list[str]:
 
 
 _COMMANDS = {"explain": _cmd_explain, "inspect": _cmd_inspect, "plugins": _cmd_plugins,
-             "demo": _cmd_demo}
+             "demo": _cmd_demo, "coverage": _cmd_coverage}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -544,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if args.command is None:
         parser.print_usage(sys.stderr)
-        print("lrpir: error: a command is required (explain, inspect, plugins, demo)",
+        print("lrpir: error: a command is required (explain, inspect, plugins, coverage, demo)",
               file=sys.stderr)
         return 2
     try:

