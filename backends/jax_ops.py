@@ -24,6 +24,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from lrpir.backends.onnx_attrs import (
+    axes_arg,
+    channel_shape,
+    constant_value,
+    conv_geometry,
+    conv_transpose_geometry,
+    depth_to_space_layout,
+    get_input,
+    normalize_axis,
+    pad_indices,
+    pad_pairs,
+    pool_geometry,
+    range_count,
+    reduce_axes,
+    reshape_target,
+    resize_plan,
+    resize_taps,
+    slice_ranges,
+    space_to_depth_layout,
+    split_sizes,
+    unsqueeze_axes,
+)
 
 Array = Any
 OpFn = Callable[[list, dict[str, Any]], tuple]
@@ -62,10 +84,6 @@ def _int64() -> np.dtype:
     return jax.dtypes.canonicalize_dtype(np.int64)
 
 
-def _get(inputs: list, i: int) -> Array | None:
-    return inputs[i] if i < len(inputs) else None
-
-
 def _ints(t: Any) -> list[int]:
     """A control input as Python ints (it must be concrete: numpy, or a JAX array outside a trace)."""
     return [int(v) for v in np.asarray(t).reshape(-1).tolist()]
@@ -73,10 +91,6 @@ def _ints(t: Any) -> list[int]:
 
 def _floats(t: Any) -> list[float]:
     return [float(v) for v in np.asarray(t, dtype=np.float64).reshape(-1).tolist()]
-
-
-def _axis(axis: int, rank: int) -> int:
-    return axis + rank if axis < 0 else axis
 
 
 def _is_float(x: Array) -> bool:
@@ -96,25 +110,6 @@ def _lax_pad(x: Array, pairs: list[tuple[int, int]], value: float = 0.0) -> Arra
     """Pad (or crop, for negative amounts) the trailing ``len(pairs)`` dims."""
     lead = [(0, 0, 0)] * (x.ndim - len(pairs))
     return lax.pad(x, _pad_value(x, value), lead + [(b, e, 0) for b, e in pairs])
-
-
-def _spatial_pads(attrs: dict, in_shape: list[int], kernel: list[int], strides: list[int],
-                  dilations: list[int]) -> list[tuple[int, int]]:
-    """(begin, end) padding per spatial dim from ``pads`` / ``auto_pad``."""
-    n = len(in_shape)
-    auto_pad = attrs.get("auto_pad", "NOTSET")
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        pairs = []
-        for i in range(n):
-            out = -(-in_shape[i] // strides[i])
-            total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - in_shape[i])
-            small = total // 2
-            pairs.append((small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small))
-        return pairs
-    if auto_pad == "VALID":
-        return [(0, 0)] * n
-    pads = attrs.get("pads", [0] * (2 * n))
-    return [(pads[i], pads[i + n]) for i in range(n)]
 
 
 def _unary(fn: Callable[[Array, dict], Array]) -> OpFn:
@@ -199,7 +194,7 @@ def _clip_values(x: Array, lo: Array | None, hi: Array | None) -> Array:
 
 
 def _clip(inputs: list, attrs: dict) -> tuple:
-    return (_clip_values(inputs[0], _get(inputs, 1), _get(inputs, 2)),)
+    return (_clip_values(inputs[0], get_input(inputs, 1), get_input(inputs, 2)),)
 
 
 def _mean(inputs: list, attrs: dict) -> tuple:
@@ -281,11 +276,9 @@ def _dimension_numbers(n: int) -> tuple[str, str, str]:
 
 
 def _conv(inputs: list, attrs: dict) -> tuple:
-    x, w, b = inputs[0], inputs[1], _get(inputs, 2)
+    x, w, b = inputs[0], inputs[1], get_input(inputs, 2)
     n = x.ndim - 2
-    strides = list(attrs.get("strides", [1] * n))
-    dilations = list(attrs.get("dilations", [1] * n))
-    pairs = _spatial_pads(attrs, list(x.shape[2:]), list(w.shape[2:]), strides, dilations)
+    strides, dilations, pairs = conv_geometry(attrs, list(x.shape[2:]), list(w.shape[2:]))
     y = lax.conv_general_dilated(x, w, strides, pairs, rhs_dilation=dilations,
                                  feature_group_count=attrs.get("group", 1),
                                  dimension_numbers=_dimension_numbers(n))
@@ -297,30 +290,11 @@ def _conv(inputs: list, attrs: dict) -> tuple:
 def _conv_transpose(inputs: list, attrs: dict) -> tuple:
     """Full transposed convolution (a convolution of the stride-dilated input with the flipped,
     group-transposed kernel), then crop ``pads`` / extend by ``output_padding``."""
-    x, w, b = inputs[0], inputs[1], _get(inputs, 2)
+    x, w, b = inputs[0], inputs[1], get_input(inputs, 2)
     n = x.ndim - 2
     g = attrs.get("group", 1)
-    strides = list(attrs.get("strides", [1] * n))
-    dilations = list(attrs.get("dilations", [1] * n))
-    out_pad = list(attrs.get("output_padding", [0] * n))
-    auto_pad = attrs.get("auto_pad", "NOTSET")
     kernel = list(w.shape[2:])
-    full = [strides[i] * (x.shape[i + 2] - 1) + (kernel[i] - 1) * dilations[i] + 1 for i in range(n)]
-    out_shape = attrs.get("output_shape")
-    if out_shape is None and auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        out_shape = [x.shape[i + 2] * strides[i] for i in range(n)]
-    if out_shape is not None:
-        out_shape = list(out_shape)[-n:]
-        pairs = []
-        for i in range(n):
-            total = full[i] + out_pad[i] - out_shape[i]
-            half = total // 2
-            pairs.append((half, total - half) if auto_pad == "SAME_UPPER" else (total - half, half))
-    elif auto_pad == "VALID":
-        pairs = [(0, 0)] * n
-    else:
-        pads = attrs.get("pads", [0] * (2 * n))
-        pairs = [(pads[i], pads[i + n]) for i in range(n)]
+    strides, dilations, out_pad, pairs = conv_transpose_geometry(attrs, list(x.shape[2:]), kernel)
     cin, cout_g = w.shape[0], w.shape[1]
     wt = w.reshape(g, cin // g, cout_g, *kernel).swapaxes(1, 2).reshape(g * cout_g, cin // g, *kernel)
     wt = jnp.flip(wt, axis=tuple(range(2, 2 + n)))
@@ -333,15 +307,11 @@ def _conv_transpose(inputs: list, attrs: dict) -> tuple:
     return (y,)
 
 
-def _channel_shape(x: Array) -> list[int]:
-    return [1, -1] + [1] * (x.ndim - 2)
-
-
 def _batch_norm(inputs: list, attrs: dict) -> tuple:
     """Inference form; with training_mode=1 returns (Y, running_mean, running_var)."""
     x, scale, bias, mean, var = inputs[:5]
     eps = attrs.get("epsilon", 1e-5)
-    shape = _channel_shape(x)
+    shape = channel_shape(x.ndim)
     if not attrs.get("training_mode", 0):
         y = (x - mean.reshape(shape)) / jnp.sqrt(var.reshape(shape) + eps)
         return (y * scale.reshape(shape) + bias.reshape(shape),)
@@ -361,14 +331,14 @@ def _instance_norm(inputs: list, attrs: dict) -> tuple:
     mean = xc.mean(dims, keepdims=True)
     var = xc.var(dims, keepdims=True)
     y = ((xc - mean) / jnp.sqrt(var + attrs.get("epsilon", 1e-5))).astype(x.dtype)
-    shape = _channel_shape(x)
+    shape = channel_shape(x.ndim)
     return (y * scale.reshape(shape) + bias.reshape(shape),)
 
 
 def _layer_norm(inputs: list, attrs: dict) -> tuple:
     """Returns (Y, Mean, InvStdDev); Mean/InvStdDev keep reduced dims and have the stash type."""
-    x, scale, bias = inputs[0], inputs[1], _get(inputs, 2)
-    axis = _axis(attrs.get("axis", -1), x.ndim)
+    x, scale, bias = inputs[0], inputs[1], get_input(inputs, 2)
+    axis = normalize_axis(attrs.get("axis", -1), x.ndim)
     stash = dtype_of(attrs.get("stash_type", 1))
     xc = x.astype(jnp.promote_types(x.dtype, stash))
     dims = tuple(range(axis, x.ndim))
@@ -392,7 +362,7 @@ def _group_norm(inputs: list, attrs: dict) -> tuple:
     y = ((xg - mean) / jnp.sqrt(var + attrs.get("epsilon", 1e-5))).reshape(x.shape).astype(x.dtype)
     if scale.size != c:
         scale, bias = jnp.repeat(scale, c // groups), jnp.repeat(bias, c // groups)
-    shape = _channel_shape(x)
+    shape = channel_shape(x.ndim)
     return (y * scale.reshape(shape) + bias.reshape(shape),)
 
 
@@ -411,7 +381,7 @@ def _lrn(inputs: list, attrs: dict) -> tuple:
 def _lp_normalization(inputs: list, attrs: dict) -> tuple:
     """X / ‖X‖_p along ``axis``; a zero vector stays zero (the ONNX reference's 0/0 := 0)."""
     x = inputs[0]
-    axis = _axis(attrs.get("axis", -1), x.ndim)
+    axis = normalize_axis(attrs.get("axis", -1), x.ndim)
     if attrs.get("p", 2) == 1:
         norm = jnp.abs(x).sum(axis, keepdims=True)
     else:
@@ -422,7 +392,7 @@ def _lp_normalization(inputs: list, attrs: dict) -> tuple:
 def _rms_norm(inputs: list, attrs: dict) -> tuple:
     """lrpir::RMSNormalization(X, Scale): X / sqrt(mean(X², axes ≥ axis) + ε) · Scale (as opset 23)."""
     x, scale = inputs[0], inputs[1]
-    axis = _axis(attrs.get("axis", -1), x.ndim)
+    axis = normalize_axis(attrs.get("axis", -1), x.ndim)
     stash = dtype_of(attrs.get("stash_type", 1))
     xc = x.astype(jnp.promote_types(x.dtype, stash))
     dims = tuple(range(axis, x.ndim))
@@ -436,28 +406,6 @@ def _silu(inputs: list, attrs: dict) -> tuple:
 
 
 # --------------------------------------------------------------------------- pooling
-
-
-def _pool_geometry(x: Array, attrs: dict) -> tuple[list[int], list[int], list[int],
-                                                     list[tuple[int, int]], list[int]]:
-    """kernel, strides, dilations, explicit (begin, end) pads and the extra end padding that
-    ceil_mode needs so that every output window fits."""
-    n = x.ndim - 2
-    in_shape = list(x.shape[2:])
-    kernel = list(attrs["kernel_shape"])
-    strides = list(attrs.get("strides", [1] * n))
-    dilations = list(attrs.get("dilations", [1] * n))
-    pairs = _spatial_pads(attrs, in_shape, kernel, strides, dilations)
-    ceil_mode = attrs.get("ceil_mode", 0)
-    extra = []
-    for i in range(n):
-        window = (kernel[i] - 1) * dilations[i] + 1
-        span = in_shape[i] + pairs[i][0] + pairs[i][1] - window
-        out = (-(-span // strides[i]) if ceil_mode else span // strides[i]) + 1
-        if ceil_mode and (out - 1) * strides[i] >= in_shape[i] + pairs[i][0]:
-            out -= 1  # the last window must start inside the input or the left pad
-        extra.append(max(0, (out - 1) * strides[i] + window - (in_shape[i] + pairs[i][0] + pairs[i][1])))
-    return kernel, strides, dilations, pairs, extra
 
 
 def _window(x: Array, init: Any, op: Callable, kernel: list[int], strides: list[int],
@@ -482,8 +430,8 @@ def _lowest(dtype: Any) -> Any:
 
 def _max_pool_values(x: Array, attrs: dict) -> Array:
     """MaxPool's Y alone."""
-    kernel, strides, dilations, pairs, extra = _pool_geometry(x, attrs)
-    full = [(b, e + ex) for (b, e), ex in zip(pairs, extra)]
+    geo = pool_geometry(attrs, list(x.shape[2:]))
+    kernel, strides, dilations, full = geo.kernel, geo.strides, geo.dilations, geo.full_pads
     low = _lowest(x.dtype)
     padded = _lax_pad(x, full, low)
     return _window(padded, np.array(low, x.dtype), lax.max, kernel, strides, dilations)
@@ -494,9 +442,9 @@ def _max_pool(inputs: list, attrs: dict) -> tuple:
     (storage_order=0) or column-major within each plane (storage_order=1); ties take the first."""
     x = inputs[0]
     y = _max_pool_values(x, attrs)
-    kernel, strides, dilations, pairs, extra = _pool_geometry(x, attrs)
+    geo = pool_geometry(attrs, list(x.shape[2:]))
+    kernel, strides, dilations, full = geo.kernel, geo.strides, geo.dilations, geo.full_pads
     n = x.ndim - 2
-    full = [(b, e + ex) for (b, e), ex in zip(pairs, extra)]
     padded_shape = [s + b + e for s, (b, e) in zip(x.shape[2:], full)]
     out = list(y.shape[2:])
     # flat index into the padded plane of every (output position, kernel tap)
@@ -530,8 +478,9 @@ def _avg_pool(inputs: list, attrs: dict) -> tuple:
     """Divisor: real elements (count_include_pad=0) or real + explicit pads (=1); the extra
     ceil_mode positions are never counted."""
     x = inputs[0]
-    kernel, strides, dilations, pairs, extra = _pool_geometry(x, attrs)
-    full = [(b, e + ex) for (b, e), ex in zip(pairs, extra)]
+    geo = pool_geometry(attrs, list(x.shape[2:]))
+    kernel, strides, dilations, pairs, extra = geo
+    full = geo.full_pads
     total = _window_sum(_lax_pad(x, full), kernel, strides, dilations)
     mask = jnp.ones((1, 1, *x.shape[2:]), dtype=x.dtype)
     if attrs.get("count_include_pad", 0):
@@ -544,8 +493,8 @@ def _avg_pool(inputs: list, attrs: dict) -> tuple:
 def _lp_pool(inputs: list, attrs: dict) -> tuple:
     x = inputs[0]
     p = attrs.get("p", 2)
-    kernel, strides, dilations, pairs, extra = _pool_geometry(x, attrs)
-    full = [(b, e + ex) for (b, e), ex in zip(pairs, extra)]
+    geo = pool_geometry(attrs, list(x.shape[2:]))
+    kernel, strides, dilations, full = geo.kernel, geo.strides, geo.dilations, geo.full_pads
     total = _window_sum(_lax_pad(jnp.abs(x) ** p, full), kernel, strides, dilations)
     return (total ** (1.0 / p),)
 
@@ -564,7 +513,7 @@ def _global_max_pool(inputs: list, attrs: dict) -> tuple:
 
 
 def _gemm(inputs: list, attrs: dict) -> tuple:
-    a, b, c = inputs[0], inputs[1], _get(inputs, 2)
+    a, b, c = inputs[0], inputs[1], get_input(inputs, 2)
     if attrs.get("transA", 0):
         a = a.T
     if attrs.get("transB", 0):
@@ -593,44 +542,29 @@ def _einsum(inputs: list, attrs: dict) -> tuple:
 
 def _flatten(inputs: list, attrs: dict) -> tuple:
     x = inputs[0]
-    axis = _axis(attrs.get("axis", 1), x.ndim)
+    axis = normalize_axis(attrs.get("axis", 1), x.ndim)
     return (x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:])),)
 
 
 def _reshape(inputs: list, attrs: dict) -> tuple:
     """0 copies the input dim (unless allowzero=1); -1 is inferred."""
-    x, shape = inputs[0], _ints(inputs[1])
-    if not attrs.get("allowzero", 0):
-        shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
-    return (x.reshape(shape),)
+    x = inputs[0]
+    return (x.reshape(reshape_target(x.shape, _ints(inputs[1]), attrs)),)
 
 
 def _pad(inputs: list, attrs: dict) -> tuple:
     """pads = [begin per axis..., end per axis...]; negative values crop."""
     x, pads = inputs[0], _ints(inputs[1])
-    value, axes_t = _get(inputs, 2), _get(inputs, 3)
+    value, axes_t = get_input(inputs, 2), get_input(inputs, 3)
     rank = x.ndim
-    axes = [_axis(a, rank) for a in _ints(axes_t)] if axes_t is not None else list(range(rank))
-    k = len(axes)
-    pairs = {a: (pads[i], pads[i + k]) for i, a in enumerate(axes)}
+    pairs = pad_pairs(rank, pads, _ints(axes_t) if axes_t is not None else None)
     mode = attrs.get("mode", "constant")
     if mode == "constant":
         fill = np.asarray(value).reshape(-1)[0] if value is not None and np.size(value) else 0
         return (_lax_pad(x, [pairs.get(a, (0, 0)) for a in range(rank)], fill),)
     y = x
     for a, (begin, end) in pairs.items():
-        size = y.shape[a]
-        pos = np.arange(-begin, size + end)
-        if mode == "edge":
-            idx = np.clip(pos, 0, size - 1)
-        elif mode == "wrap":
-            idx = pos % size
-        elif mode == "reflect":
-            period = max(2 * (size - 1), 1)
-            idx = pos % period
-            idx = np.where(idx >= size, period - idx, idx)
-        else:
-            raise NotImplementedError(f"Pad mode {mode!r}")
+        idx = pad_indices(mode, y.shape[a], begin, end)
         y = jnp.take(y, jnp.asarray(idx), axis=a)
     return (y,)
 
@@ -641,38 +575,24 @@ def _concat(inputs: list, attrs: dict) -> tuple:
 
 def _split(inputs: list, attrs: dict) -> tuple:
     """Sizes from the ``split`` input, else ``num_outputs`` equal chunks (last smaller)."""
-    x, split = inputs[0], _get(inputs, 1)
-    axis = _axis(attrs.get("axis", 0), x.ndim)
-    if split is not None:
-        sizes = _ints(split)
-    elif "num_outputs" in attrs:
-        k, length = attrs["num_outputs"], x.shape[axis]
-        chunk = -(-length // k)
-        sizes = [chunk] * (k - 1) + [length - chunk * (k - 1)]
-    else:
-        raise ValueError("Split needs the 'split' input or the 'num_outputs' attribute")
+    x, split = inputs[0], get_input(inputs, 1)
+    axis = normalize_axis(attrs.get("axis", 0), x.ndim)
+    sizes = split_sizes(attrs, x.shape[axis], _ints(split) if split is not None else None)
     bounds = np.cumsum([0] + sizes)
     return tuple(lax.slice_in_dim(x, int(s), int(e), axis=axis) for s, e in zip(bounds[:-1], bounds[1:]))
 
 
 def _slice(inputs: list, attrs: dict) -> tuple:
-    """Negative starts/ends count from the end; then they are clamped to [0, dim] (step > 0)
-    or [0, dim-1] / [-1, dim-1] (step < 0)."""
+    """Starts/ends/axes/steps as normalised and clamped by :func:`slice_ranges`."""
     x, starts, ends = inputs[0], _ints(inputs[1]), _ints(inputs[2])
-    axes_t, steps_t = _get(inputs, 3), _get(inputs, 4)
-    axes = _ints(axes_t) if axes_t is not None else list(range(len(starts)))
-    steps = _ints(steps_t) if steps_t is not None else [1] * len(starts)
+    axes_t, steps_t = get_input(inputs, 3), get_input(inputs, 4)
+    axes = _ints(axes_t) if axes_t is not None else None
+    steps = _ints(steps_t) if steps_t is not None else None
     y = x
-    for start, end, axis, step in zip(starts, ends, axes, steps):
-        axis = _axis(axis, x.ndim)
-        size = x.shape[axis]
-        start = start + size if start < 0 else start
-        end = end + size if end < 0 else end
+    for axis, start, end, step in slice_ranges(x.shape, starts, ends, axes, steps):
         if step > 0:
-            start, end = min(max(start, 0), size), min(max(end, 0), size)
             y = y[(slice(None),) * axis + (slice(start, end, step),)]
         else:
-            start, end = min(max(start, 0), size - 1), min(max(end, -1), size - 1)
             y = jnp.take(y, jnp.asarray(np.arange(start, end, step), dtype=np.int32), axis=axis)
     return (y,)
 
@@ -684,23 +604,20 @@ def _transpose(inputs: list, attrs: dict) -> tuple:
 
 def _axes_arg(inputs: list, attrs: dict, i: int = 1) -> list[int] | None:
     """Axes from input ``i`` (opset >= 13/18), else from the older ``axes`` attribute."""
-    t = _get(inputs, i)
-    if t is not None:
-        return _ints(t)
-    return list(attrs["axes"]) if "axes" in attrs else None
+    t = get_input(inputs, i)
+    return axes_arg(_ints(t) if t is not None else None, attrs)
 
 
 def _squeeze(inputs: list, attrs: dict) -> tuple:
     x, axes = inputs[0], _axes_arg(inputs, attrs)
     if axes is None:
         return (jnp.squeeze(x),)
-    return (jnp.squeeze(x, tuple(_axis(a, x.ndim) for a in axes)),)
+    return (jnp.squeeze(x, tuple(normalize_axis(a, x.ndim) for a in axes)),)
 
 
 def _unsqueeze(inputs: list, attrs: dict) -> tuple:
     x, axes = inputs[0], _axes_arg(inputs, attrs)
-    rank = x.ndim + len(axes)
-    return (jnp.expand_dims(x, tuple(sorted(_axis(a, rank) for a in axes))),)
+    return (jnp.expand_dims(x, tuple(unsqueeze_axes(x.ndim, axes))),)
 
 
 def _expand(inputs: list, attrs: dict) -> tuple:
@@ -714,7 +631,7 @@ def _tile(inputs: list, attrs: dict) -> tuple:
 
 def _dropout(inputs: list, attrs: dict) -> tuple:
     """Inference only: identity plus an all-true mask."""
-    x, ratio, training = inputs[0], _get(inputs, 1), _get(inputs, 2)
+    x, ratio, training = inputs[0], get_input(inputs, 1), get_input(inputs, 2)
     training = training is not None and bool(np.asarray(training).reshape(-1)[0])
     if training and (ratio is None or float(np.asarray(ratio).reshape(-1)[0]) != 0.0):
         raise NotImplementedError("Dropout in training mode is not supported")
@@ -722,21 +639,15 @@ def _dropout(inputs: list, attrs: dict) -> tuple:
 
 
 def _depth_to_space(inputs: list, attrs: dict) -> tuple:
-    x, bs = inputs[0], attrs["blocksize"]
-    b, c, h, w = x.shape
-    if attrs.get("mode", "DCR") == "DCR":
-        y = x.reshape(b, bs, bs, c // bs**2, h, w).transpose(0, 3, 4, 1, 5, 2)
-    else:  # CRD
-        y = x.reshape(b, c // bs**2, bs, bs, h, w).transpose(0, 1, 4, 2, 5, 3)
-    return (y.reshape(b, c // bs**2, h * bs, w * bs),)
+    x = inputs[0]
+    blocked, perm, out = depth_to_space_layout(x.shape, attrs)
+    return (x.reshape(blocked).transpose(perm).reshape(out),)
 
 
 def _space_to_depth(inputs: list, attrs: dict) -> tuple:
-    x, bs = inputs[0], attrs["blocksize"]
-    b, c, h, w = x.shape
-    y = x.reshape(b, c, h // bs, bs, w // bs, bs)
-    perm = (0, 3, 5, 1, 2, 4) if attrs.get("mode", "DCR") == "DCR" else (0, 1, 3, 5, 2, 4)
-    return (y.transpose(perm).reshape(b, c * bs * bs, h // bs, w // bs),)
+    x = inputs[0]
+    blocked, perm, out = space_to_depth_layout(x.shape, attrs)
+    return (x.reshape(blocked).transpose(perm).reshape(out),)
 
 
 # --------------------------------------------------------------------------- indexing
@@ -750,13 +661,13 @@ def _index(idx: Array, size: Any) -> Array:
 
 def _gather(inputs: list, attrs: dict) -> tuple:
     x = inputs[0]
-    axis = _axis(attrs.get("axis", 0), x.ndim)
+    axis = normalize_axis(attrs.get("axis", 0), x.ndim)
     return (jnp.take(x, _index(inputs[1], x.shape[axis]), axis=axis),)
 
 
 def _gather_elements(inputs: list, attrs: dict) -> tuple:
     x = inputs[0]
-    axis = _axis(attrs.get("axis", 0), x.ndim)
+    axis = normalize_axis(attrs.get("axis", 0), x.ndim)
     return (jnp.take_along_axis(x, _index(inputs[1], x.shape[axis]), axis=axis),)
 
 
@@ -787,14 +698,14 @@ def _scatter_nd(inputs: list, attrs: dict) -> tuple:
 
 
 def _trilu(inputs: list, attrs: dict) -> tuple:
-    x, k = inputs[0], _get(inputs, 1)
+    x, k = inputs[0], get_input(inputs, 1)
     diagonal = _ints(k)[0] if k is not None else 0
     return ((jnp.triu if attrs.get("upper", 1) else jnp.tril)(x, diagonal),)
 
 
 def _cumsum(inputs: list, attrs: dict) -> tuple:
     x = inputs[0]
-    axis = _axis(_ints(inputs[1])[0], x.ndim)
+    axis = normalize_axis(_ints(inputs[1])[0], x.ndim)
     if attrs.get("reverse", 0):
         x = jnp.flip(x, axis)
     y = jnp.cumsum(x, axis, dtype=x.dtype)
@@ -809,7 +720,7 @@ def _cumsum(inputs: list, attrs: dict) -> tuple:
 def _top_k(inputs: list, attrs: dict) -> tuple:
     """Stable sort, so equal values keep the lower index first (as ONNX requires)."""
     x, k = inputs[0], _ints(inputs[1])[0]
-    axis = _axis(attrs.get("axis", -1), x.ndim)
+    axis = normalize_axis(attrs.get("axis", -1), x.ndim)
     order = jnp.argsort(x, axis=axis, stable=True, descending=bool(attrs.get("largest", 1)))
     order = lax.slice_in_dim(order, 0, k, axis=axis)
     return (jnp.take_along_axis(x, order, axis=axis), order.astype(_int64()))
@@ -818,7 +729,7 @@ def _top_k(inputs: list, attrs: dict) -> tuple:
 def _arg_reduce(fn: Callable[..., Array]) -> OpFn:
     def op(inputs: list, attrs: dict) -> tuple:
         x = inputs[0]
-        axis = _axis(attrs.get("axis", 0), x.ndim)
+        axis = normalize_axis(attrs.get("axis", 0), x.ndim)
         keep = bool(attrs.get("keepdims", 1))
         if attrs.get("select_last_index", 0):
             return ((x.shape[axis] - 1 - fn(jnp.flip(x, axis), axis=axis, keepdims=keep)).astype(_int64()),)
@@ -834,7 +745,7 @@ def _one_hot(inputs: list, attrs: dict) -> tuple:
     hot = idx[..., None] == jnp.arange(d, dtype=idx.dtype)
     values = values.reshape(-1)
     y = jnp.where(hot, values[1], values[0])
-    return (jnp.moveaxis(y, -1, _axis(attrs.get("axis", -1), y.ndim)),)
+    return (jnp.moveaxis(y, -1, normalize_axis(attrs.get("axis", -1), y.ndim)),)
 
 
 def _non_zero(inputs: list, attrs: dict) -> tuple:
@@ -903,14 +814,12 @@ def _reduction(name: str) -> OpFn:
 
     def op(inputs: list, attrs: dict) -> tuple:
         """Empty/absent axes reduce all axes, or none if noop_with_empty_axes=1."""
-        x, axes = inputs[0], _axes_arg(inputs, attrs)
-        if not axes:
-            if attrs.get("noop_with_empty_axes", 0) or x.ndim == 0:
-                # no reduction, but the elementwise part (Square, Abs, ...) applies
-                return (fn(x[None], (0,), False),)
-            axes = list(range(x.ndim))
-        axes = tuple(sorted({_axis(a, x.ndim) for a in axes}))
-        return (fn(x, axes, bool(attrs.get("keepdims", 1))),)
+        x = inputs[0]
+        axes = reduce_axes(_axes_arg(inputs, attrs), x.ndim, attrs)
+        if axes is None:
+            # no reduction, but the elementwise part (Square, Abs, ...) applies
+            return (fn(x[None], (0,), False),)
+        return (fn(x, tuple(axes), bool(attrs.get("keepdims", 1))),)
 
     return op
 
@@ -926,93 +835,13 @@ def _log_softmax(inputs: list, attrs: dict) -> tuple:
 # --------------------------------------------------------------------------- resize
 
 
-def _resize_source_coords(mode: str, out_n: int, in_n: int, scale: float, roi: tuple[float, float]
-                          ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Source coordinate of each output index, and (tf_crop_and_resize only) which output
-    positions fall outside the input and take extrapolation_value."""
-    y = np.arange(out_n, dtype=np.float64)
-    out_w = scale * in_n
-    if mode == "align_corners":
-        x = np.zeros(out_n) if out_w == 1 else y * (in_n - 1) / (out_w - 1)
-    elif mode == "asymmetric":
-        x = y / scale
-    elif mode == "tf_crop_and_resize":
-        start, end = roi
-        if out_w == 1:
-            x = np.full(out_n, (end - start) * (in_n - 1) / 2)
-        else:
-            x = y * (end - start) * (in_n - 1) / (out_w - 1)
-        x = x + start * (in_n - 1)
-        return x, (x < 0) | (x > in_n - 1)
-    elif mode == "pytorch_half_pixel":
-        x = np.full(out_n, -0.5) if out_w == 1 else (y + 0.5) / scale - 0.5
-    elif mode == "half_pixel":
-        x = (y + 0.5) / scale - 0.5
-    elif mode == "half_pixel_symmetric":
-        offset = in_n / 2 * (1 - out_n / out_w)
-        x = offset + (y + 0.5) / scale - 0.5
-    else:
-        raise NotImplementedError(f"Resize coordinate_transformation_mode {mode!r}")
-    return x, None
-
-
-def _resize_coeffs(ratio: np.ndarray, scale: float, attrs: dict) -> np.ndarray:
-    """Interpolation weights (out_n, taps) for the fractional offsets ``ratio`` in (0, 1]."""
-    mode = attrs.get("mode", "nearest")
-    antialias = attrs.get("antialias", 0) and scale < 1
-    r = ratio[:, None]
-    if mode == "nearest":
-        upper = {
-            "round_prefer_floor": r > 0.5,
-            "round_prefer_ceil": r >= 0.5,
-            "floor": np.zeros_like(r, dtype=bool),
-            "ceil": np.ones_like(r, dtype=bool),
-        }[attrs.get("nearest_mode", "round_prefer_floor")] | (r == 1)
-        return np.concatenate([~upper, upper], axis=1).astype(np.float64)
-    if mode == "linear":
-        if not antialias:
-            return np.concatenate([1 - r, r], axis=1)
-        start = int(np.floor(-1 / scale) + 1)
-        coeffs = np.clip(1 - np.abs((np.arange(start, 2 - start)[None, :] - r) * scale), 0, 1)
-        return coeffs / coeffs.sum(axis=1, keepdims=True)
-    if mode == "cubic":
-        a = attrs.get("cubic_coeff_a", -0.75)
-        if antialias:
-            start = int(np.floor(-2 / scale) + 1)
-            dist = np.abs(scale * (np.arange(start, 2 - start)[None, :] - r))
-        else:
-            dist = np.concatenate([r + 1, r, 1 - r, 2 - r], axis=1)
-        near = ((a + 2) * dist - (a + 3)) * dist * dist + 1
-        far = ((a * dist - 5 * a) * dist + 8 * a) * dist - 4 * a
-        coeffs = np.where(dist <= 1, near, np.where(dist < 2, far, 0.0))
-        return coeffs / coeffs.sum(axis=1, keepdims=True) if antialias else coeffs
-    raise NotImplementedError(f"Resize mode {mode!r}")
-
-
 def _resize_axis(x: Array, axis: int, scale: float, out_n: int, roi: tuple[float, float],
                  attrs: dict) -> Array:
-    """Separable 1-D resize along ``axis``: the geometry in numpy, the data in JAX."""
-    in_n = x.shape[axis]
-    ctm = attrs.get("coordinate_transformation_mode", "half_pixel")
-    src, outside = _resize_source_coords(ctm, out_n, in_n, scale, roi)
-    base = np.floor(src)
-    ratio = np.where(src == base, 1.0, src - base)
-    coeffs = _resize_coeffs(ratio, scale, attrs)
+    """Separable 1-D resize along ``axis``: the weights from :func:`resize_taps` (numpy), the
+    data in JAX."""
+    coeffs, neighbours, outside = resize_taps(x.shape[axis], out_n, scale, roi, attrs)
+    neighbours = neighbours.astype(np.int32)
     taps = coeffs.shape[1]
-    # the `taps` nearest neighbours of src, preferring lower indices
-    pad = -(-taps // 2)
-    p = np.floor(src + pad)
-    frac = src + pad - p
-    if taps % 2 == 0:
-        first = p + np.where(frac == 0, -(taps // 2), -(taps // 2) + 1)
-    else:
-        first = p + np.where(frac <= 0.5, -((taps - 1) // 2), -((taps - 1) // 2) + 1)
-    neighbours = first[:, None].astype(np.int64) + np.arange(taps)[None, :] - pad
-    if attrs.get("exclude_outside", 0):
-        coeffs = np.where((neighbours < 0) | (neighbours >= in_n), 0.0, coeffs)
-        sums = coeffs.sum(axis=1, keepdims=True)
-        coeffs = coeffs / np.where(sums == 0, 1.0, sums)
-    neighbours = np.clip(neighbours, 0, in_n - 1).astype(np.int32)
     shape = [1] * x.ndim
     shape[axis] = out_n
     if attrs.get("mode", "nearest") == "nearest":
@@ -1031,34 +860,14 @@ def _resize(inputs: list, attrs: dict) -> tuple:
     """Resize with nearest / linear / cubic modes, antialias, axes and every coordinate
     transformation mode; output size from ``scales`` (floor) or ``sizes`` (with
     keep_aspect_ratio_policy)."""
-    x, roi, scales, sizes = inputs[0], _get(inputs, 1), _get(inputs, 2), _get(inputs, 3)
-    rank = x.ndim
-    axes = [_axis(a, rank) for a in attrs.get("axes", range(rank))]
-    scale = [1.0] * rank
-    out = list(x.shape)
-    if sizes is not None and np.size(sizes):
-        for a, s in zip(axes, _ints(sizes)):
-            out[a], scale[a] = s, s / x.shape[a]
-        policy = attrs.get("keep_aspect_ratio_policy", "stretch")
-        if policy != "stretch":
-            common = (min if policy == "not_larger" else max)(scale[a] for a in axes)
-            for a in axes:
-                scale[a], out[a] = common, int(common * x.shape[a] + 0.5)
-    else:
-        for a, s in zip(axes, _floats(scales)):
-            scale[a], out[a] = s, int(s * x.shape[a])
-    starts, ends = [0.0] * rank, [1.0] * rank
-    if roi is not None and np.size(roi):
-        values = _floats(roi)
-        for i, a in enumerate(axes):
-            starts[a], ends[a] = values[i], values[i + len(axes)]
+    x, roi, scales, sizes = inputs[0], get_input(inputs, 1), get_input(inputs, 2), get_input(inputs, 3)
+    sizes = _ints(sizes) if sizes is not None and np.size(sizes) else None
+    steps = resize_plan(list(x.shape), attrs, sizes, _floats(scales) if sizes is None else None,
+                        _floats(roi) if roi is not None and np.size(roi) else None)
     exact = attrs.get("mode", "nearest") == "nearest" or x.dtype in (np.float32, np.float64)
     y = x if exact else x.astype(np.float32)
-    for a in axes:
-        unchanged = math.isclose(scale[a], 1.0) and out[a] == x.shape[a]
-        if unchanged and math.isclose(starts[a], 0.0) and math.isclose(ends[a], 1.0):
-            continue
-        y = _resize_axis(y, a, scale[a], out[a], (starts[a], ends[a]), attrs)
+    for axis, scale, out_n, axis_roi in steps:
+        y = _resize_axis(y, axis, scale, out_n, axis_roi, attrs)
     if y.dtype != x.dtype:
         y = y.astype(x.dtype) if _is_float(x) else jnp.round(y).astype(x.dtype)
     return (y,)
@@ -1069,14 +878,7 @@ def _resize(inputs: list, attrs: dict) -> tuple:
 
 def _constant(inputs: list, attrs: dict) -> tuple:
     """A host (numpy) array, so that it can serve as a control input under ``jax.jit``."""
-    if "value" in attrs:
-        value = np.asarray(attrs["value"])
-    else:
-        key = next((k for k in ("value_float", "value_floats", "value_int", "value_ints") if k in attrs),
-                   None)
-        if key is None:
-            raise NotImplementedError(f"Constant with attributes {sorted(attrs)}")
-        value = np.asarray(attrs[key], dtype=np.float32 if "float" in key else np.int64)
+    value = constant_value(attrs)
     return (value.astype(jax.dtypes.canonicalize_dtype(value.dtype)),)
 
 
@@ -1099,7 +901,7 @@ def _range(inputs: list, attrs: dict) -> tuple:
     """start + i * delta for i < ceil((limit - start) / delta), computed in 64 bits on the host."""
     dtype = np.asarray(inputs[0]).dtype
     start, limit, delta = (np.asarray(t).reshape(-1)[0].item() for t in inputs[:3])
-    count = max(math.ceil((limit - start) / delta), 0)
+    count = range_count(start, limit, delta)
     wide = np.float64 if np.issubdtype(dtype, np.floating) or dtype == jnp.bfloat16 else np.int64
     y = start + np.arange(count, dtype=wide) * delta
     return (jnp.asarray(y.astype(dtype)),)

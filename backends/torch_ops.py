@@ -24,6 +24,28 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lrpir.backends.onnx_attrs import (
+    axes_arg,
+    channel_shape,
+    constant_value,
+    conv_geometry,
+    conv_transpose_geometry,
+    depth_to_space_layout,
+    get_input,
+    normalize_axis,
+    pad_indices,
+    pad_pairs,
+    pool_geometry,
+    range_count,
+    reduce_axes,
+    reshape_target,
+    resize_plan,
+    resize_taps,
+    slice_ranges,
+    space_to_depth_layout,
+    split_sizes,
+    unsqueeze_axes,
+)
 
 Tensor = torch.Tensor
 OpFn = Callable[[list["torch.Tensor | None"], dict[str, Any]], tuple["torch.Tensor", ...]]
@@ -51,17 +73,8 @@ for _code, _name in ((4, "uint16"), (12, "uint32"), (13, "uint64")):
 # --------------------------------------------------------------------------- helpers
 
 
-def _get(inputs: list, i: int) -> Tensor | None:
-    """Input ``i`` or None when it is omitted or absent."""
-    return inputs[i] if i < len(inputs) else None
-
-
 def _ints(t: Tensor) -> list[int]:
     return [int(v) for v in t.reshape(-1).tolist()]
-
-
-def _axis(axis: int, rank: int) -> int:
-    return axis + rank if axis < 0 else axis
 
 
 def _to_torch_dtype(onnx_type: int) -> torch.dtype:
@@ -86,30 +99,6 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 def _torch_pad(pairs: list[tuple[int, int]]) -> list[int]:
     """[(begin, end) per spatial dim] -> F.pad argument (last dim first)."""
     return [p for pair in reversed(pairs) for p in pair]
-
-
-def _spatial_pads(
-    attrs: dict, in_shape: list[int], kernel: list[int], strides: list[int], dilations: list[int]
-) -> list[tuple[int, int]]:
-    """(begin, end) padding per spatial dim from ``pads`` / ``auto_pad``."""
-    n = len(in_shape)
-    auto_pad = attrs.get("auto_pad", "NOTSET")
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        pairs = []
-        for i in range(n):
-            out = -(-in_shape[i] // strides[i])
-            total = max(
-                0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - in_shape[i]
-            )
-            small = total // 2
-            pairs.append(
-                (small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small)
-            )
-        return pairs
-    if auto_pad == "VALID":
-        return [(0, 0)] * n
-    pads = attrs.get("pads", [0] * (2 * n))
-    return [(pads[i], pads[i + n]) for i in range(n)]
 
 
 def _unary(fn: Callable[[Tensor, dict], Tensor]) -> OpFn:
@@ -185,7 +174,7 @@ def _prelu(x: Tensor, slope: Tensor, attrs: dict) -> Tensor:
 
 
 def _clip(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
-    x, lo, hi = inputs[0], _get(inputs, 1), _get(inputs, 2)
+    x, lo, hi = inputs[0], get_input(inputs, 1), get_input(inputs, 2)
     if lo is None and hi is None:
         return (x,)
     return (torch.clamp(x, lo, hi),)
@@ -260,11 +249,9 @@ _BINARY: dict[str, Callable[[Tensor, Tensor, dict], Tensor]] = {
 
 
 def _conv(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
-    x, w, b = inputs[0], inputs[1], _get(inputs, 2)
+    x, w, b = inputs[0], inputs[1], get_input(inputs, 2)
     n = x.dim() - 2
-    strides = attrs.get("strides", [1] * n)
-    dilations = attrs.get("dilations", [1] * n)
-    pairs = _spatial_pads(attrs, list(x.shape[2:]), list(w.shape[2:]), strides, dilations)
+    strides, dilations, pairs = conv_geometry(attrs, list(x.shape[2:]), list(w.shape[2:]))
     if all(p0 == p1 for p0, p1 in pairs):
         padding = [p0 for p0, _ in pairs]
     else:  # asymmetric: pad explicitly
@@ -274,36 +261,12 @@ def _conv(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
 
 
 def _conv_transpose(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
-    """Full transposed convolution, then crop ``pads`` / extend by ``output_padding``.
-
-    With ``output_shape`` (or SAME auto_pad) the pads are derived from the total
-    padding: SAME_UPPER puts the odd unit at the end, otherwise at the beginning.
-    """
-    x, w, b = inputs[0], inputs[1], _get(inputs, 2)
+    """Full transposed convolution, then crop ``pads`` / extend by ``output_padding``."""
+    x, w, b = inputs[0], inputs[1], get_input(inputs, 2)
     n = x.dim() - 2
-    strides = attrs.get("strides", [1] * n)
-    dilations = attrs.get("dilations", [1] * n)
-    out_pad = attrs.get("output_padding", [0] * n)
-    auto_pad = attrs.get("auto_pad", "NOTSET")
-    full = [
-        strides[i] * (x.shape[i + 2] - 1) + (w.shape[i + 2] - 1) * dilations[i] + 1
-        for i in range(n)
-    ]
-    out_shape = attrs.get("output_shape")
-    if out_shape is None and auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        out_shape = [x.shape[i + 2] * strides[i] for i in range(n)]
-    if out_shape is not None:
-        out_shape = list(out_shape)[-n:]
-        pairs = []
-        for i in range(n):
-            total = full[i] + out_pad[i] - out_shape[i]
-            half = total // 2
-            pairs.append((half, total - half) if auto_pad == "SAME_UPPER" else (total - half, half))
-    elif auto_pad == "VALID":
-        pairs = [(0, 0)] * n
-    else:
-        pads = attrs.get("pads", [0] * (2 * n))
-        pairs = [(pads[i], pads[i + n]) for i in range(n)]
+    strides, dilations, out_pad, pairs = conv_transpose_geometry(
+        attrs, list(x.shape[2:]), list(w.shape[2:])
+    )
     conv_t = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[n - 1]
     y = conv_t(x, w, None, strides, 0, 0, attrs.get("group", 1), dilations)
     y = F.pad(y, _torch_pad([(-pb, out_pad[i] - pe) for i, (pb, pe) in enumerate(pairs)]))
@@ -312,15 +275,11 @@ def _conv_transpose(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     return (y,)
 
 
-def _channel_shape(x: Tensor) -> list[int]:
-    return [1, -1] + [1] * (x.dim() - 2)
-
-
 def _batch_norm(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     """Inference form; with training_mode=1 returns (Y, running_mean, running_var)."""
     x, scale, bias, mean, var = inputs[:5]
     eps = attrs.get("epsilon", 1e-5)
-    shape = _channel_shape(x)
+    shape = channel_shape(x.dim())
     if not attrs.get("training_mode", 0):
         y = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + eps)
         return (y * scale.reshape(shape) + bias.reshape(shape),)
@@ -344,15 +303,15 @@ def _instance_norm(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     mean = xc.mean(dims, keepdim=True)
     var = xc.var(dims, unbiased=False, keepdim=True)
     y = ((xc - mean) / torch.sqrt(var + attrs.get("epsilon", 1e-5))).to(x.dtype)
-    shape = _channel_shape(x)
+    shape = channel_shape(x.dim())
     return (y * scale.reshape(shape) + bias.reshape(shape),)
 
 
 def _layer_norm(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     """Returns (Y, Mean, InvStdDev); Mean/InvStdDev keep reduced dims as 1 and have
     the stash type (float32 by default)."""
-    x, scale, bias = inputs[0], inputs[1], _get(inputs, 2)
-    axis = _axis(attrs.get("axis", -1), x.dim())
+    x, scale, bias = inputs[0], inputs[1], get_input(inputs, 2)
+    axis = normalize_axis(attrs.get("axis", -1), x.dim())
     stash = _to_torch_dtype(attrs.get("stash_type", 1))
     xc = x.to(torch.promote_types(x.dtype, stash))
     dims = list(range(axis, x.dim()))
@@ -376,7 +335,7 @@ def _group_norm(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     y = ((xg - mean) / torch.sqrt(var + attrs.get("epsilon", 1e-5))).reshape(x.shape).to(x.dtype)
     if scale.numel() != c:
         scale, bias = scale.repeat_interleave(c // groups), bias.repeat_interleave(c // groups)
-    shape = _channel_shape(x)
+    shape = channel_shape(x.dim())
     return (y * scale.reshape(shape) + bias.reshape(shape),)
 
 
@@ -395,31 +354,6 @@ def _lrn(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
 # --------------------------------------------------------------------------- pooling
 
 
-def _pool_geometry(
-    x: Tensor, attrs: dict
-) -> tuple[list[int], list[int], list[int], list[tuple[int, int]], list[int]]:
-    """kernel, strides, dilations, explicit (begin, end) pads and the extra end
-    padding that ceil_mode needs so that every output window fits."""
-    n = x.dim() - 2
-    in_shape = list(x.shape[2:])
-    kernel = list(attrs["kernel_shape"])
-    strides = attrs.get("strides", [1] * n)
-    dilations = attrs.get("dilations", [1] * n)
-    pairs = _spatial_pads(attrs, in_shape, kernel, strides, dilations)
-    ceil_mode = attrs.get("ceil_mode", 0)
-    extra = []
-    for i in range(n):
-        window = (kernel[i] - 1) * dilations[i] + 1
-        span = in_shape[i] + pairs[i][0] + pairs[i][1] - window
-        out = (-(-span // strides[i]) if ceil_mode else span // strides[i]) + 1
-        if ceil_mode and (out - 1) * strides[i] >= in_shape[i] + pairs[i][0]:
-            out -= 1  # the last window must start inside the input or the left pad
-        extra.append(
-            max(0, (out - 1) * strides[i] + window - (in_shape[i] + pairs[i][0] + pairs[i][1]))
-        )
-    return kernel, strides, dilations, pairs, extra
-
-
 def _window_sum(x: Tensor, kernel: list[int], strides: list[int], dilations: list[int]) -> Tensor:
     """Sum over each (dilated) pooling window of the spatial dims (exact: no conv/TF32)."""
     n = len(kernel)
@@ -431,9 +365,9 @@ def _window_sum(x: Tensor, kernel: list[int], strides: list[int], dilations: lis
 
 def max_pool_values(x: Tensor, attrs: dict, indices: bool = False) -> tuple[Tensor, ...]:
     """MaxPool's Y alone (no index bookkeeping), or (Y, padded-plane indices, geometry)."""
-    kernel, strides, dilations, pairs, extra = _pool_geometry(x, attrs)
+    geo = pool_geometry(attrs, list(x.shape[2:]))
+    kernel, strides, dilations, full = geo.kernel, geo.strides, geo.dilations, geo.full_pads
     n = len(kernel)
-    full = [(b, e + ex) for (b, e), ex in zip(pairs, extra)]
     work = x if x.is_floating_point() else x.to(torch.float64)  # no int kernels on CUDA
     padded = F.pad(work, _torch_pad(full), value=-math.inf)
     pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[n - 1]
@@ -471,8 +405,9 @@ def _avg_pool(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     """Divisor: real elements (count_include_pad=0) or real + explicit pads (=1);
     the extra ceil_mode positions are never counted."""
     x = inputs[0]
-    kernel, strides, dilations, pairs, extra = _pool_geometry(x, attrs)
-    full = [(b, e + ex) for (b, e), ex in zip(pairs, extra)]
+    geo = pool_geometry(attrs, list(x.shape[2:]))
+    kernel, strides, dilations, pairs, extra = geo
+    full = geo.full_pads
     total = _window_sum(F.pad(x, _torch_pad(full)), kernel, strides, dilations)
     mask = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
     if attrs.get("count_include_pad", 0):
@@ -487,8 +422,8 @@ def _avg_pool(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
 def _lp_pool(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     x = inputs[0]
     p = attrs.get("p", 2)
-    kernel, strides, dilations, pairs, extra = _pool_geometry(x, attrs)
-    full = [(b, e + ex) for (b, e), ex in zip(pairs, extra)]
+    geo = pool_geometry(attrs, list(x.shape[2:]))
+    kernel, strides, dilations, full = geo.kernel, geo.strides, geo.dilations, geo.full_pads
     total = _window_sum(F.pad(x.abs() ** p, _torch_pad(full)), kernel, strides, dilations)
     return (total ** (1.0 / p),)
 
@@ -507,7 +442,7 @@ def _global_max_pool(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
 
 
 def _gemm(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
-    a, b, c = inputs[0], inputs[1], _get(inputs, 2)
+    a, b, c = inputs[0], inputs[1], get_input(inputs, 2)
     if attrs.get("transA", 0):
         a = a.transpose(0, 1)
     if attrs.get("transB", 0):
@@ -530,7 +465,7 @@ def _matmul_add(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
 def _rms_norm(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     """lrpir::RMSNormalization(X, Scale): X / sqrt(mean(X², axes ≥ axis) + ε) · Scale (as opset 23)."""
     x, scale = inputs[0], inputs[1]
-    axis = _axis(attrs.get("axis", -1), x.dim())
+    axis = normalize_axis(attrs.get("axis", -1), x.dim())
     stash = _to_torch_dtype(attrs.get("stash_type", 1))
     xc = x.to(torch.promote_types(x.dtype, stash))
     dims = list(range(axis, x.dim()))
@@ -546,7 +481,7 @@ def _silu(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
 def _lp_normalization(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     """X / ‖X‖_p along ``axis``; a zero vector stays zero (the ONNX reference's 0/0 := 0)."""
     x = inputs[0]
-    axis = _axis(attrs.get("axis", -1), x.dim())
+    axis = normalize_axis(attrs.get("axis", -1), x.dim())
     p = attrs.get("p", 2)
     norm = x.abs().sum(axis, keepdim=True) if p == 1 else torch.sqrt((x * x).sum(axis, keepdim=True))
     return (x / torch.where(norm == 0, 1, norm),)
@@ -561,45 +496,30 @@ def _einsum(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
 
 def _flatten(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     x = inputs[0]
-    axis = _axis(attrs.get("axis", 1), x.dim())
+    axis = normalize_axis(attrs.get("axis", 1), x.dim())
     return (x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:])),)
 
 
 def _reshape(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     """0 copies the input dim (unless allowzero=1); -1 is inferred."""
-    x, shape = inputs[0], _ints(inputs[1])
-    if not attrs.get("allowzero", 0):
-        shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
-    return (x.reshape(shape),)
+    x = inputs[0]
+    return (x.reshape(reshape_target(x.shape, _ints(inputs[1]), attrs)),)
 
 
 def _pad(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     """pads = [begin per axis..., end per axis...]; negative values crop."""
     x, pads = inputs[0], _ints(inputs[1])
-    value, axes_t = _get(inputs, 2), _get(inputs, 3)
+    value, axes_t = get_input(inputs, 2), get_input(inputs, 3)
     rank = x.dim()
-    axes = [_axis(a, rank) for a in _ints(axes_t)] if axes_t is not None else list(range(rank))
-    k = len(axes)
-    pairs = {a: (pads[i], pads[i + k]) for i, a in enumerate(axes)}
+    pairs = pad_pairs(rank, pads, _ints(axes_t) if axes_t is not None else None)
     mode = attrs.get("mode", "constant")
     if mode == "constant":
         fill = value.reshape(-1)[0].item() if value is not None and value.numel() else 0
         return (F.pad(x, _torch_pad([pairs.get(a, (0, 0)) for a in range(rank)]), value=fill),)
     y = x
     for a, (begin, end) in pairs.items():
-        size = y.shape[a]
-        pos = torch.arange(-begin, size + end, device=x.device)
-        if mode == "edge":
-            idx = pos.clamp(0, size - 1)
-        elif mode == "wrap":
-            idx = pos % size
-        elif mode == "reflect":
-            period = max(2 * (size - 1), 1)
-            idx = pos % period
-            idx = torch.where(idx >= size, period - idx, idx)
-        else:
-            raise NotImplementedError(f"Pad mode {mode!r}")
-        y = y.index_select(a, idx)
+        idx = pad_indices(mode, y.shape[a], begin, end)
+        y = y.index_select(a, torch.as_tensor(idx, device=x.device))
     return (y,)
 
 
@@ -609,37 +529,23 @@ def _concat(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
 
 def _split(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     """Sizes from the ``split`` input, else ``num_outputs`` equal chunks (last smaller)."""
-    x, split = inputs[0], _get(inputs, 1)
-    axis = _axis(attrs.get("axis", 0), x.dim())
-    if split is not None:
-        sizes = _ints(split)
-    elif "num_outputs" in attrs:
-        k, length = attrs["num_outputs"], x.shape[axis]
-        chunk = -(-length // k)
-        sizes = [chunk] * (k - 1) + [length - chunk * (k - 1)]
-    else:
-        raise ValueError("Split needs the 'split' input or the 'num_outputs' attribute")
+    x, split = inputs[0], get_input(inputs, 1)
+    axis = normalize_axis(attrs.get("axis", 0), x.dim())
+    sizes = split_sizes(attrs, x.shape[axis], _ints(split) if split is not None else None)
     return tuple(torch.split(x, sizes, dim=axis))
 
 
 def _slice(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
-    """Negative starts/ends count from the end; then they are clamped to
-    [0, dim] (step > 0) or [0, dim-1] / [-1, dim-1] (step < 0)."""
+    """Starts/ends/axes/steps as normalised and clamped by :func:`slice_ranges`."""
     x, starts, ends = inputs[0], _ints(inputs[1]), _ints(inputs[2])
-    axes_t, steps_t = _get(inputs, 3), _get(inputs, 4)
-    axes = _ints(axes_t) if axes_t is not None else list(range(len(starts)))
-    steps = _ints(steps_t) if steps_t is not None else [1] * len(starts)
+    axes_t, steps_t = get_input(inputs, 3), get_input(inputs, 4)
+    axes = _ints(axes_t) if axes_t is not None else None
+    steps = _ints(steps_t) if steps_t is not None else None
     y = x
-    for start, end, axis, step in zip(starts, ends, axes, steps):
-        axis = _axis(axis, x.dim())
-        size = x.shape[axis]
-        start = start + size if start < 0 else start
-        end = end + size if end < 0 else end
+    for axis, start, end, step in slice_ranges(x.shape, starts, ends, axes, steps):
         if step > 0:
-            start, end = min(max(start, 0), size), min(max(end, 0), size)
             y = y[(slice(None),) * axis + (slice(start, end, step),)]
         else:
-            start, end = min(max(start, 0), size - 1), min(max(end, -1), size - 1)
             y = y.index_select(axis, torch.arange(start, end, step, device=x.device))
     return (y,)
 
@@ -651,23 +557,20 @@ def _transpose(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
 
 def _axes_arg(inputs: list, attrs: dict, i: int = 1) -> list[int] | None:
     """Axes from input ``i`` (opset >= 13/18), else from the older ``axes`` attribute."""
-    t = _get(inputs, i)
-    if t is not None:
-        return _ints(t)
-    return list(attrs["axes"]) if "axes" in attrs else None
+    t = get_input(inputs, i)
+    return axes_arg(_ints(t) if t is not None else None, attrs)
 
 
 def _squeeze(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     x, axes = inputs[0], _axes_arg(inputs, attrs)
     if axes is None:
         return (x.squeeze(),)
-    return (x.squeeze(tuple(_axis(a, x.dim()) for a in axes)),)
+    return (x.squeeze(tuple(normalize_axis(a, x.dim()) for a in axes)),)
 
 
 def _unsqueeze(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     x, axes = inputs[0], _axes_arg(inputs, attrs)
-    rank = x.dim() + len(axes)
-    for a in sorted(_axis(a, rank) for a in axes):
+    for a in unsqueeze_axes(x.dim(), axes):
         x = x.unsqueeze(a)
     return (x,)
 
@@ -683,7 +586,7 @@ def _tile(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
 
 def _dropout(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     """Inference only: identity plus an all-true mask."""
-    x, ratio, training = inputs[0], _get(inputs, 1), _get(inputs, 2)
+    x, ratio, training = inputs[0], get_input(inputs, 1), get_input(inputs, 2)
     training = training is not None and bool(training.item())
     if training and (ratio is None or float(ratio.item()) != 0.0):
         raise NotImplementedError("Dropout in training mode is not supported")
@@ -691,21 +594,15 @@ def _dropout(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
 
 
 def _depth_to_space(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
-    x, bs = inputs[0], attrs["blocksize"]
-    b, c, h, w = x.shape
-    if attrs.get("mode", "DCR") == "DCR":
-        y = x.reshape(b, bs, bs, c // bs**2, h, w).permute(0, 3, 4, 1, 5, 2)
-    else:  # CRD
-        y = x.reshape(b, c // bs**2, bs, bs, h, w).permute(0, 1, 4, 2, 5, 3)
-    return (y.reshape(b, c // bs**2, h * bs, w * bs),)
+    x = inputs[0]
+    blocked, perm, out = depth_to_space_layout(x.shape, attrs)
+    return (x.reshape(blocked).permute(perm).reshape(out),)
 
 
 def _space_to_depth(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
-    x, bs = inputs[0], attrs["blocksize"]
-    b, c, h, w = x.shape
-    y = x.reshape(b, c, h // bs, bs, w // bs, bs)
-    perm = (0, 3, 5, 1, 2, 4) if attrs.get("mode", "DCR") == "DCR" else (0, 1, 3, 5, 2, 4)
-    return (y.permute(perm).reshape(b, c * bs * bs, h // bs, w // bs),)
+    x = inputs[0]
+    blocked, perm, out = space_to_depth_layout(x.shape, attrs)
+    return (x.reshape(blocked).permute(perm).reshape(out),)
 
 
 # --------------------------------------------------------------------------- indexing
@@ -713,7 +610,7 @@ def _space_to_depth(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
 
 def _gather(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     x, idx = inputs[0], inputs[1].long()
-    axis = _axis(attrs.get("axis", 0), x.dim())
+    axis = normalize_axis(attrs.get("axis", 0), x.dim())
     idx = torch.where(idx < 0, idx + x.shape[axis], idx)
     y = x.index_select(axis, idx.reshape(-1))
     return (y.reshape(*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :]),)
@@ -721,7 +618,7 @@ def _gather(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
 
 def _gather_elements(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     x, idx = inputs[0], inputs[1].long()
-    axis = _axis(attrs.get("axis", 0), x.dim())
+    axis = normalize_axis(attrs.get("axis", 0), x.dim())
     idx = torch.where(idx < 0, idx + x.shape[axis], idx)
     return (torch.gather(x, axis, idx),)
 
@@ -762,14 +659,14 @@ def _scatter_nd(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
 
 
 def _trilu(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
-    x, k = inputs[0], _get(inputs, 1)
+    x, k = inputs[0], get_input(inputs, 1)
     diagonal = _ints(k)[0] if k is not None else 0
     return ((torch.triu if attrs.get("upper", 1) else torch.tril)(x, diagonal),)
 
 
 def _cumsum(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     x = inputs[0]
-    axis = _axis(_ints(inputs[1])[0], x.dim())
+    axis = normalize_axis(_ints(inputs[1])[0], x.dim())
     if attrs.get("reverse", 0):
         x = x.flip(axis)
     y = torch.cumsum(x, axis, dtype=x.dtype)
@@ -784,7 +681,7 @@ def _cumsum(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
 def _top_k(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     """Stable sort, so equal values keep the lower index first (as ONNX requires)."""
     x, k = inputs[0], _ints(inputs[1])[0]
-    axis = _axis(attrs.get("axis", -1), x.dim())
+    axis = normalize_axis(attrs.get("axis", -1), x.dim())
     values, indices = torch.sort(x, dim=axis, descending=bool(attrs.get("largest", 1)), stable=True)
     return (values.narrow(axis, 0, k), indices.narrow(axis, 0, k))
 
@@ -792,7 +689,7 @@ def _top_k(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
 def _arg_reduce(fn: Callable[..., Tensor]) -> OpFn:
     def op(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
         x = inputs[0]
-        axis = _axis(attrs.get("axis", 0), x.dim())
+        axis = normalize_axis(attrs.get("axis", 0), x.dim())
         keep = bool(attrs.get("keepdims", 1))
         if attrs.get("select_last_index", 0):
             return (x.shape[axis] - 1 - fn(x.flip(axis), dim=axis, keepdim=keep),)
@@ -809,7 +706,7 @@ def _one_hot(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     hot = idx.unsqueeze(-1) == torch.arange(d, device=idx.device)
     values = values.reshape(-1)
     y = torch.where(hot, values[1], values[0])
-    return (y.movedim(-1, _axis(attrs.get("axis", -1), y.dim())),)
+    return (y.movedim(-1, normalize_axis(attrs.get("axis", -1), y.dim())),)
 
 
 def _non_zero(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
@@ -866,13 +763,11 @@ def _reduction(name: str) -> OpFn:
 
     def op(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
         """Empty/absent axes reduce all axes, or none if noop_with_empty_axes=1."""
-        x, axes = inputs[0], _axes_arg(inputs, attrs)
-        if not axes:
-            if attrs.get("noop_with_empty_axes", 0) or x.dim() == 0:
-                # no reduction, but the elementwise part (Square, Abs, ...) applies
-                return (fn(x.unsqueeze(0), [0], False),)
-            axes = list(range(x.dim()))
-        axes = sorted({_axis(a, x.dim()) for a in axes})
+        x = inputs[0]
+        axes = reduce_axes(_axes_arg(inputs, attrs), x.dim(), attrs)
+        if axes is None:
+            # no reduction, but the elementwise part (Square, Abs, ...) applies
+            return (fn(x.unsqueeze(0), [0], False),)
         return (fn(x, axes, bool(attrs.get("keepdims", 1))),)
 
     return op
@@ -889,97 +784,12 @@ def _log_softmax(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
 # --------------------------------------------------------------------------- resize
 
 
-def _resize_source_coords(
-    mode: str, out_n: int, in_n: int, scale: float, roi: tuple[float, float]
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Source coordinate of each output index, and (tf_crop_and_resize only) which
-    output positions fall outside the input and take extrapolation_value."""
-    y = np.arange(out_n, dtype=np.float64)
-    out_w = scale * in_n
-    if mode == "align_corners":
-        x = np.zeros(out_n) if out_w == 1 else y * (in_n - 1) / (out_w - 1)
-    elif mode == "asymmetric":
-        x = y / scale
-    elif mode == "tf_crop_and_resize":
-        start, end = roi
-        if out_w == 1:
-            x = np.full(out_n, (end - start) * (in_n - 1) / 2)
-        else:
-            x = y * (end - start) * (in_n - 1) / (out_w - 1)
-        x = x + start * (in_n - 1)
-        return x, (x < 0) | (x > in_n - 1)
-    elif mode == "pytorch_half_pixel":
-        x = np.full(out_n, -0.5) if out_w == 1 else (y + 0.5) / scale - 0.5
-    elif mode == "half_pixel":
-        x = (y + 0.5) / scale - 0.5
-    elif mode == "half_pixel_symmetric":
-        offset = in_n / 2 * (1 - out_n / out_w)
-        x = offset + (y + 0.5) / scale - 0.5
-    else:
-        raise NotImplementedError(f"Resize coordinate_transformation_mode {mode!r}")
-    return x, None
-
-
-def _resize_coeffs(ratio: np.ndarray, scale: float, attrs: dict) -> np.ndarray:
-    """Interpolation weights (out_n, taps) for the fractional offsets ``ratio`` in (0, 1]."""
-    mode = attrs.get("mode", "nearest")
-    antialias = attrs.get("antialias", 0) and scale < 1
-    r = ratio[:, None]
-    if mode == "nearest":
-        nearest = attrs.get("nearest_mode", "round_prefer_floor")
-        upper = {
-            "round_prefer_floor": r > 0.5,
-            "round_prefer_ceil": r >= 0.5,
-            "floor": np.zeros_like(r, dtype=bool),
-            "ceil": np.ones_like(r, dtype=bool),
-        }[nearest] | (r == 1)
-        return np.concatenate([~upper, upper], axis=1).astype(np.float64)
-    if mode == "linear":
-        if not antialias:
-            return np.concatenate([1 - r, r], axis=1)
-        start = int(np.floor(-1 / scale) + 1)
-        args = (np.arange(start, 2 - start)[None, :] - r) * scale
-        coeffs = np.clip(1 - np.abs(args), 0, 1)
-        return coeffs / coeffs.sum(axis=1, keepdims=True)
-    if mode == "cubic":
-        a = attrs.get("cubic_coeff_a", -0.75)
-        if antialias:
-            start = int(np.floor(-2 / scale) + 1)
-            dist = np.abs(scale * (np.arange(start, 2 - start)[None, :] - r))
-        else:
-            dist = np.concatenate([r + 1, r, 1 - r, 2 - r], axis=1)
-        near = ((a + 2) * dist - (a + 3)) * dist * dist + 1
-        far = ((a * dist - 5 * a) * dist + 8 * a) * dist - 4 * a
-        coeffs = np.where(dist <= 1, near, np.where(dist < 2, far, 0.0))
-        return coeffs / coeffs.sum(axis=1, keepdims=True) if antialias else coeffs
-    raise NotImplementedError(f"Resize mode {mode!r}")
-
-
 def _resize_axis(
     x: Tensor, axis: int, scale: float, out_n: int, roi: tuple[float, float], attrs: dict
 ) -> Tensor:
-    """Separable 1-D resize along ``axis`` (a port of the ONNX reference)."""
-    in_n = x.shape[axis]
-    ctm = attrs.get("coordinate_transformation_mode", "half_pixel")
-    src, outside = _resize_source_coords(ctm, out_n, in_n, scale, roi)
-    base = np.floor(src)
-    ratio = np.where(src == base, 1.0, src - base)
-    coeffs = _resize_coeffs(ratio, scale, attrs)
+    """Separable 1-D resize along ``axis``: the weights from :func:`resize_taps`."""
+    coeffs, neighbours, outside = resize_taps(x.shape[axis], out_n, scale, roi, attrs)
     taps = coeffs.shape[1]
-    # the `taps` nearest neighbours of src, preferring lower indices
-    pad = -(-taps // 2)
-    p = np.floor(src + pad)
-    frac = src + pad - p
-    if taps % 2 == 0:
-        first = p + np.where(frac == 0, -(taps // 2), -(taps // 2) + 1)
-    else:
-        first = p + np.where(frac <= 0.5, -((taps - 1) // 2), -((taps - 1) // 2) + 1)
-    neighbours = first[:, None].astype(np.int64) + np.arange(taps)[None, :] - pad
-    if attrs.get("exclude_outside", 0):
-        coeffs = np.where((neighbours < 0) | (neighbours >= in_n), 0.0, coeffs)
-        sums = coeffs.sum(axis=1, keepdims=True)
-        coeffs = coeffs / np.where(sums == 0, 1.0, sums)
-    neighbours = np.clip(neighbours, 0, in_n - 1)
     shape = [1] * x.dim()
     shape[axis] = out_n
     if attrs.get("mode", "nearest") == "nearest":
@@ -1002,34 +812,19 @@ def _resize(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     """Resize with nearest / linear / cubic modes, antialias, axes and all
     coordinate transformation modes; output size from ``scales`` (floor) or
     ``sizes`` (with keep_aspect_ratio_policy)."""
-    x, roi, scales, sizes = inputs[0], _get(inputs, 1), _get(inputs, 2), _get(inputs, 3)
-    rank = x.dim()
-    axes = [_axis(a, rank) for a in attrs.get("axes", range(rank))]
-    scale = [1.0] * rank
-    out = list(x.shape)
-    if sizes is not None and sizes.numel():
-        for a, s in zip(axes, _ints(sizes)):
-            out[a], scale[a] = s, s / x.shape[a]
-        policy = attrs.get("keep_aspect_ratio_policy", "stretch")
-        if policy != "stretch":
-            common = (min if policy == "not_larger" else max)(scale[a] for a in axes)
-            for a in axes:
-                scale[a], out[a] = common, int(common * x.shape[a] + 0.5)
-    else:
-        for a, s in zip(axes, scales.reshape(-1).tolist()):
-            scale[a], out[a] = s, int(s * x.shape[a])
-    starts, ends = [0.0] * rank, [1.0] * rank
-    if roi is not None and roi.numel():
-        values = roi.reshape(-1).tolist()
-        for i, a in enumerate(axes):
-            starts[a], ends[a] = values[i], values[i + len(axes)]
+    x, roi, scales, sizes = inputs[0], get_input(inputs, 1), get_input(inputs, 2), get_input(inputs, 3)
+    sizes = _ints(sizes) if sizes is not None and sizes.numel() else None
+    steps = resize_plan(
+        list(x.shape),
+        attrs,
+        sizes,
+        scales.reshape(-1).tolist() if sizes is None else None,
+        roi.reshape(-1).tolist() if roi is not None and roi.numel() else None,
+    )
     exact = attrs.get("mode", "nearest") == "nearest" or x.dtype in (torch.float32, torch.float64)
     y = x if exact else x.to(torch.float32)
-    for a in axes:
-        unchanged = math.isclose(scale[a], 1.0) and out[a] == x.shape[a]
-        if unchanged and math.isclose(starts[a], 0.0) and math.isclose(ends[a], 1.0):
-            continue
-        y = _resize_axis(y, a, scale[a], out[a], (starts[a], ends[a]), attrs)
+    for axis, scale, out_n, axis_roi in steps:
+        y = _resize_axis(y, axis, scale, out_n, axis_roi, attrs)
     if y.dtype != x.dtype:
         y = y.to(x.dtype) if x.is_floating_point() else y.round().to(x.dtype)
     return (y,)
@@ -1040,17 +835,7 @@ def _resize(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
 
 def _constant(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     """Created on torch's default device (there is no input to take it from)."""
-    if "value" in attrs:
-        return (_from_numpy(attrs["value"]).to(torch.get_default_device()),)
-    for key, dtype in (
-        ("value_float", torch.float32),
-        ("value_floats", torch.float32),
-        ("value_int", torch.int64),
-        ("value_ints", torch.int64),
-    ):
-        if key in attrs:
-            return (torch.tensor(attrs[key], dtype=dtype),)
-    raise NotImplementedError(f"Constant with attributes {sorted(attrs)}")
+    return (_from_numpy(constant_value(attrs)).to(torch.get_default_device()),)
 
 
 def _constant_of_shape(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
@@ -1074,7 +859,7 @@ def _range(inputs: list, attrs: dict) -> tuple[Tensor, ...]:
     """start + i * delta for i < ceil((limit - start) / delta), computed in 64 bits."""
     start_t = inputs[0]
     start, limit, delta = (t.item() for t in inputs[:3])
-    count = max(math.ceil((limit - start) / delta), 0)
+    count = range_count(start, limit, delta)
     wide = torch.float64 if start_t.is_floating_point() else torch.int64
     y = start + torch.arange(count, dtype=wide, device=start_t.device) * delta
     return (y.to(start_t.dtype),)

@@ -8,11 +8,9 @@ must match the reference outputs, unless it is listed in ``SKIPS`` with a reason
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import re
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,18 +20,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnx.backend.test.case.node")
 
 
-def _load_torch_ops():
-    try:
-        return importlib.import_module("lrpir.backends.torch_ops")
-    except ImportError:  # package not installed yet: load the file directly
-        path = Path(__file__).resolve().parents[1] / "backends" / "torch_ops.py"
-        spec = importlib.util.spec_from_file_location("_lrpir_torch_ops", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-
-torch_ops = _load_torch_ops()
+torch_ops = importlib.import_module("lrpir.backends.torch_ops")
 DEVICE = os.environ.get("LRPIR_TORCH_TEST_DEVICE", "cpu")
 
 # Conformance cases deliberately not supported: (regex on the case name, reason).
