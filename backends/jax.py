@@ -297,6 +297,26 @@ class JaxExecutable:
         self._meta[_signature(kept, start)] = (raw.records, raw.per_item_exact)
         return raw.relevance, raw.sums
 
+    def forward_fn(self) -> Callable[[dict[str, Any]], Array]:
+        """The model's forward pass as one pure function ``f(feeds) -> explained output``: what
+        ``jax.grad`` of the model means here, e.g. for a gradient baseline on the same graph."""
+        plan, ctx, statics, dtype = self.plan, self.ctx, self._all_statics(self.statics), self.dtype
+
+        def f(feeds: dict[str, Any]) -> Array:
+            env: dict[str, Any] = {k: jnp.asarray(v, dtype=dtype if jnp.issubdtype(
+                jnp.result_type(v), jnp.floating) else None) for k, v in feeds.items()}
+
+            def get(v: Any) -> Any:
+                return None if v is None else statics[v.name] if v.is_static else env[v.name]
+
+            for step in plan.forward:
+                if step.kind == "forward":
+                    outs = ctx.forward(step.node, [get(u) for u in step.node.inputs])
+                    env.update((v.name, o) for v, o in zip(step.node.outputs, outs))
+            return env[plan.explained.name]
+
+        return f
+
     def relevance_fn(self) -> Callable[[dict[str, Any], Any], dict[str, Array]]:
         """The whole relevance pass as one pure function ``f(feeds, start) -> {input: relevance}``.
 

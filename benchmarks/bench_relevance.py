@@ -4,6 +4,9 @@
                                          [--models resnet,efficientnet,minilm] [--rules epsilon,...]
 
 ``minilm-random`` is MiniLM's architecture with random weights (same cost, no weights package).
+``--route export`` explains the torch module itself (torch.export) instead of its ONNX export;
+``--backend jax`` runs the ONNX export on the JAX backend with ``jit=True`` and compares it with
+``jax.grad`` of the same graph's forward (both XLA-compiled), on JAX's default device.
 
 For each model: the gradient pass is torch autograd on the original module (forward + backward of
 the target logits; for the MiniLM text encoder, whose inputs are token ids, the gradient with
@@ -97,7 +100,8 @@ def _rules(preset: str):
     return lrpir.Rules(preset, low=-4.0, high=4.0) if preset.endswith("box") else preset
 
 
-def bench(name: str, batch: int, reps: int, device: str, presets: list[str]) -> list[dict]:
+def bench(name: str, batch: int, reps: int, device: str, presets: list[str],
+          route: str = "onnx") -> list[dict]:
     model = build(name)
     x = torch.randn(batch, 3, 224, 224)
     f = io.BytesIO()
@@ -121,8 +125,9 @@ def bench(name: str, batch: int, reps: int, device: str, presets: list[str]) -> 
     grad = timed(gradient, reps, device)
     rows = []
     for preset in presets:
-        full, bare, exp, compiled = _time_preset(f.getvalue(), preset, x, xd, target, reps, device)
-        rows.append({"model": name, "rules": preset, "device": device, "batch": batch,
+        source = model if route == "export" else _proto(f.getvalue())
+        full, bare, exp, compiled = _time_preset(source, preset, x, xd, target, reps, device)
+        rows.append({"model": name, "rules": preset, "device": device, "batch": batch, "route": route,
                      "forward_ms": round(forward * 1e3, 2), "gradient_ms": round(grad * 1e3, 2),
                      "lrpir_ms": round(full * 1e3, 2), "lrpir_plan_ms": round(bare * 1e3, 2),
                      "ratio_explain_to_gradient": round(full / grad, 3),
@@ -216,21 +221,76 @@ def _time_text_preset(onnx_bytes: bytes, preset: str, host, dev, target, reps: i
     return timed(explain, reps, device), timed(plan_only, reps, device), explain(), compiled
 
 
-def _time_preset(onnx_bytes: bytes, preset: str, x, xd, target, reps: int, device: str):
-    """(explain() time, bare plan time, an explanation, the compiled plan) for one preset."""
-    explainer = lrpir.compile(_proto(onnx_bytes), xd, rules=_rules(preset))
+def _time_preset(source, preset: str, x, xd, target, reps: int, device: str):
+    """(explain() time, bare plan time, an explanation, the compiled plan) for one preset;
+    ``source`` is the ONNX model or the torch module itself (the torch.export route)."""
+    explainer = lrpir.compile(source, xd, rules=_rules(preset))
     targets = target.cpu().tolist()
-    compiled = explainer.compiled([x.numpy()], 0, torch.device(device))
+    compiled = explainer.compiled([xd], 0, torch.device(device))
 
     def explain():
         return explainer(xd, target=targets)
 
+    name = compiled.plan.graph.inputs[0].name
+
     def plan_only():
-        return compiled.executable.run({"x": xd}, lambda y: _seed(y, target))
+        return compiled.executable.run({name: xd}, lambda y: _seed(y, target))
 
     full = timed(explain, reps, device)
     bare = timed(plan_only, reps, device)
     return full, bare, explain(), compiled
+
+
+def bench_jax(name: str, batch: int, reps: int, presets: list[str]) -> list[dict]:
+    """The ONNX export on the JAX backend, ``jit=True``, against ``jax.grad`` of the same graph's
+    forward (``forward_fn``), both compiled by XLA; timed on JAX's default device."""
+    import jax.numpy as jnp
+
+    model = build(name)
+    x = torch.randn(batch, 3, 224, 224)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x[:1],), f, dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    xj = jnp.asarray(x.numpy())
+    return [_jax_preset(name, f.getvalue(), preset, xj, reps) for preset in presets]
+
+
+def _jax_preset(name: str, onnx_bytes: bytes, preset: str, xj, reps: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    batch = xj.shape[0]
+    explainer = lrpir.compile(_proto(onnx_bytes), xj, rules=_rules(preset), backend="jax", jit=True)
+    exe = explainer.compiled([xj]).executable
+    forward = jax.jit(exe.forward_fn())
+    target = jnp.argmax(forward({"x": xj}), axis=1)
+    rows = jnp.arange(batch)
+    grad = jax.jit(jax.grad(lambda xx: forward({"x": xx})[rows, target].sum()))
+    relevance = exe.relevance_fn()
+
+    def start(y):
+        return jnp.zeros_like(y).at[rows, target].set(y[rows, target])
+
+    plan_only = jax.jit(lambda xx: relevance({"x": xx}, start))
+
+    def jtimed(fn) -> float:
+        return timed(lambda: jax.block_until_ready(fn()), reps, "cpu")
+
+    t_forward, t_grad = jtimed(lambda: forward({"x": xj})), jtimed(lambda: grad(xj))
+    targets = [int(t) for t in target]
+    full = timed(lambda: explainer(xj, target=targets), reps, "cpu")  # returns numpy: synced
+    bare = jtimed(lambda: plan_only(xj))
+    exp = explainer(xj, target=targets)
+    return {"model": name, "rules": preset, "device": jax.devices()[0].platform, "batch": batch,
+            "backend": "jax", "jit": True, "forward_ms": round(t_forward * 1e3, 2),
+            "gradient_ms": round(t_grad * 1e3, 2), "lrpir_ms": round(full * 1e3, 2),
+            "lrpir_plan_ms": round(bare * 1e3, 2),
+            "ratio_explain_to_gradient": round(full / t_grad, 3),
+            "ratio_plan_to_gradient": round(bare / t_grad, 3),
+            "inputs_over_start": float(np.mean(exp.conservation.ratio)),
+            "ops": len(exe.plan.graph.nodes)}
 
 
 def _proto(data: bytes):
@@ -252,14 +312,22 @@ def main() -> None:
     parser.add_argument("--models", default="resnet,efficientnet")
     parser.add_argument("--rules", default="epsilon",
                         help="comma-separated presets, e.g. epsilon,epsilon-gamma-box")
+    parser.add_argument("--route", choices=["onnx", "export"], default="onnx",
+                        help="image models: explain the ONNX export or the torch module itself")
+    parser.add_argument("--backend", choices=["torch", "jax"], default="torch",
+                        help="jax: the ONNX export on the JAX backend with jit=True (image models)")
     args = parser.parse_args()
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     for name in args.models.split(","):
         try:
-            rows = (bench_text(args.batch, args.reps, args.device, args.rules.split(","), name=name)
-                    if name in ("minilm", "minilm-random") else
-                    bench(name, args.batch, args.reps, args.device, args.rules.split(",")))
+            presets = args.rules.split(",")
+            if name in ("minilm", "minilm-random"):
+                rows = bench_text(args.batch, args.reps, args.device, presets, name=name)
+            elif args.backend == "jax":
+                rows = bench_jax(name, args.batch, args.reps, presets)
+            else:
+                rows = bench(name, args.batch, args.reps, args.device, presets, args.route)
             for row in rows:
                 print(json.dumps(row), flush=True)
         except ImportError as exc:

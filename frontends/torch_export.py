@@ -48,9 +48,20 @@ def decomposition_table() -> dict:
     return _TABLE
 
 
-def _example(shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
-    """A stand-in input: torch.export traces shapes and dtypes, not values."""
-    return torch.zeros(tuple(int(d) for d in shape), dtype=getattr(torch, np.dtype(dtype).name))
+def _example(shape: tuple[int, ...], dtype: np.dtype, device: torch.device) -> torch.Tensor:
+    """A stand-in input: torch.export traces shapes and dtypes, not values. It sits on the
+    module's device, since export propagates devices (a CUDA module refuses CPU inputs)."""
+    return torch.zeros(tuple(int(d) for d in shape), dtype=getattr(torch, np.dtype(dtype).name),
+                       device=device)
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where the module's weights live (its first parameter or buffer); the CPU if it has none."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
 
 
 class Capture:
@@ -91,7 +102,8 @@ class Capture:
     def _export(self, shapes: list[tuple[int, ...]], dtypes: list[np.dtype], dynamic: bool,
                 quiet: bool = False) -> Any:
         self.exports += 1
-        args = tuple(_example(s, d) for s, d in zip(shapes, dtypes))
+        device = module_device(self.module)
+        args = tuple(_example(s, d, device) for s, d in zip(shapes, dtypes))
         spec = self._dynamic_shapes(args) if dynamic else None
         try:
             with warnings.catch_warnings():

@@ -53,3 +53,34 @@ def test_cuda_float64(onnx_export):
     assert exp.relevance[0].dtype == np.float64
     c = exp.conservation
     np.testing.assert_allclose(c.inputs + c.absorbed - c.created, c.start, rtol=1e-10)
+
+
+def test_a_cuda_module_explained_directly_equals_its_cpu_twin():
+    """torch.export traces a CUDA module with inputs on its device; the relevance equals the CPU
+    module's, and the user's module stays on the GPU."""
+    net = model()
+    x = torch.randn(4, 3, 16, 16)
+    on_cpu = lrpir.explain(net, x)
+    gpu_net = model().cuda()
+    on_gpu = lrpir.explain(gpu_net, x.cuda())
+    assert next(gpu_net.parameters()).is_cuda
+    scale = np.abs(on_cpu.relevance[0]).max()
+    np.testing.assert_allclose(on_gpu.relevance[0], on_cpu.relevance[0], rtol=1e-5,
+                               atol=1e-5 * scale)
+
+
+def test_jax_backend_on_the_gpu_equals_torch(onnx_export):
+    """The JAX backend, jit-compiled, on JAX's GPU (when jaxlib has CUDA) equals the torch backend."""
+    jax = pytest.importorskip("jax")
+    if jax.devices()[0].platform != "gpu":
+        pytest.skip("jax has no GPU here")
+    import jax.numpy as jnp
+
+    net = model()
+    x = torch.randn(4, 3, 16, 16)
+    proto = onnx_export(net, x)
+    want = lrpir.explain(proto, x.cuda())
+    with jax.default_matmul_precision("highest"):
+        got = lrpir.compile(proto, x.numpy(), backend="jax", jit=True)(jnp.asarray(x.numpy()))
+    scale = np.abs(want.relevance[0]).max()
+    np.testing.assert_allclose(got.relevance[0], want.relevance[0], rtol=1e-4, atol=1e-4 * scale)

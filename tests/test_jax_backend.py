@@ -311,3 +311,21 @@ def test_devices_and_array_conversion(small):
     model, x = small["mlp"]
     exe = lrpir.compile(model, x, backend="jax").compiled([x], device="cpu").executable
     assert exe.device == jax.devices("cpu")[0]  # a device may be named
+
+
+def test_forward_fn_is_the_model_and_its_jax_grad_gives_gradient_x_input(small):
+    """``forward_fn`` is the plan's forward as a pure function: its output is the model's, and
+    ``x * jax.grad`` of the target logit equals the gradient-x-input preset."""
+    model, x = small["cnn"]
+    explainer = lrpir.compile(model, x, rules="gradient-x-input", backend="jax")
+    exe = _executable(explainer, x)
+    name = exe.plan.graph.inputs[0].name
+    f = jax.jit(exe.forward_fn())
+    want = explainer(x, target=[1, 3])
+    assert _rel(np.asarray(f({name: jnp.asarray(x)})), want.output) <= 1e-6
+
+    def logit(xx):
+        return f({name: xx})[jnp.arange(2), jnp.asarray([1, 3])].sum()
+
+    g = np.asarray(jax.grad(logit)(jnp.asarray(x)))
+    assert _rel(x * g, want.relevance[0]) <= 1e-5
