@@ -100,8 +100,8 @@ def _rules(preset: str):
     return lrpir.Rules(preset, low=-4.0, high=4.0) if preset.endswith("box") else preset
 
 
-def bench(name: str, batch: int, reps: int, device: str, presets: list[str],
-          route: str = "onnx") -> list[dict]:
+def _image_model(name: str, batch: int) -> tuple[torch.nn.Module, torch.Tensor, bytes]:
+    """The model, a random batch of 224×224 images, and the model's ONNX export (dynamic batch)."""
     model = build(name)
     x = torch.randn(batch, 3, 224, 224)
     f = io.BytesIO()
@@ -109,6 +109,12 @@ def bench(name: str, batch: int, reps: int, device: str, presets: list[str],
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x[:1],), f, dynamo=False, input_names=["x"],
                           output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    return model, x, f.getvalue()
+
+
+def bench(name: str, batch: int, reps: int, device: str, presets: list[str],
+          route: str = "onnx") -> list[dict]:
+    model, x, onnx_bytes = _image_model(name, batch)
     model = model.eval().to(device)
     xd = x.to(device)
     with torch.no_grad():
@@ -125,7 +131,7 @@ def bench(name: str, batch: int, reps: int, device: str, presets: list[str],
     grad = timed(gradient, reps, device)
     rows = []
     for preset in presets:
-        source = model if route == "export" else _proto(f.getvalue())
+        source = model if route == "export" else _proto(onnx_bytes)
         full, bare, exp, compiled = _time_preset(source, preset, x, xd, target, reps, device)
         rows.append({"model": name, "rules": preset, "device": device, "batch": batch, "route": route,
                      "forward_ms": round(forward * 1e3, 2), "gradient_ms": round(grad * 1e3, 2),
@@ -246,15 +252,9 @@ def bench_jax(name: str, batch: int, reps: int, presets: list[str]) -> list[dict
     forward (``forward_fn``), both compiled by XLA; timed on JAX's default device."""
     import jax.numpy as jnp
 
-    model = build(name)
-    x = torch.randn(batch, 3, 224, 224)
-    f = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x[:1],), f, dynamo=False, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    model, x, onnx_bytes = _image_model(name, batch)
     xj = jnp.asarray(x.numpy())
-    return [_jax_preset(name, f.getvalue(), preset, xj, reps) for preset in presets]
+    return [_jax_preset(name, onnx_bytes, preset, xj, reps) for preset in presets]
 
 
 def _jax_preset(name: str, onnx_bytes: bytes, preset: str, xj, reps: int) -> dict:
