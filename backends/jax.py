@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from lrpir.backends.jax_ops import (
-    CONTROL_INPUTS,
     JAX_OPS,
     freeze,
     is_traced,
@@ -30,6 +29,7 @@ from lrpir.backends.jax_ops import (
     run_op,
     split_static,
 )
+from lrpir.backends.onnx_attrs import CONTROL_INPUTS
 
 from lrpir.errors import InputError, UnsupportedOpError
 from lrpir.execute import RawResult, run_plan

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from lrpir.backends.onnx_attrs import (
+    CONTROL_INPUTS,
     axes_arg,
     channel_shape,
     constant_value,
@@ -58,16 +59,6 @@ _ONNX_DTYPES: dict[int, Any] = {
 }
 
 
-# Inputs that ops read as Python values (shapes, axes, pads, sizes, fill values): under a trace
-# they must arrive as numpy arrays, which the backend takes from the IR's static values.
-CONTROL_INPUTS: dict[str, set[int]] = {
-    "Reshape": {1}, "Slice": {1, 2, 3, 4}, "Pad": {1, 2, 3}, "Expand": {1}, "Tile": {1},
-    "Unsqueeze": {1}, "Squeeze": {1}, "Split": {1}, "Resize": {1, 2, 3}, "TopK": {1},
-    "ReduceMean": {1}, "ReduceSum": {1}, "ReduceMax": {1}, "ReduceMin": {1}, "ReduceProd": {1},
-    "ReduceL1": {1}, "ReduceL2": {1}, "ReduceSumSquare": {1}, "ReduceLogSumExp": {1},
-    "ReduceLogSum": {1}, "CumSum": {1}, "Trilu": {1}, "ConstantOfShape": {0}, "Dropout": {1, 2},
-    "OneHot": {1}, "Range": {0, 1, 2},
-}
 
 
 # --------------------------------------------------------------------------- helpers

@@ -394,3 +394,15 @@ def resize_taps(in_n: int, out_n: int, scale: float, roi: tuple[float, float], a
         sums = coeffs.sum(axis=1, keepdims=True)
         coeffs = coeffs / np.where(sums == 0, 1.0, sums)
     return coeffs, np.clip(neighbours, 0, in_n - 1), outside
+
+
+# Inputs that ops read as Python values (shapes, axes, pads, sizes, fill values): backends hand
+# static ones over from host memory (so reading them never waits for a GPU, and JAX can trace).
+CONTROL_INPUTS: dict[str, set[int]] = {
+    "Reshape": {1}, "Slice": {1, 2, 3, 4}, "Pad": {1, 2, 3}, "Expand": {1}, "Tile": {1},
+    "Unsqueeze": {1}, "Squeeze": {1}, "Split": {1}, "Resize": {1, 2, 3}, "TopK": {1},
+    "ReduceMean": {1}, "ReduceSum": {1}, "ReduceMax": {1}, "ReduceMin": {1}, "ReduceProd": {1},
+    "ReduceL1": {1}, "ReduceL2": {1}, "ReduceSumSquare": {1}, "ReduceLogSumExp": {1},
+    "ReduceLogSum": {1}, "CumSum": {1}, "Trilu": {1}, "ConstantOfShape": {0}, "Dropout": {1, 2},
+    "OneHot": {1}, "Range": {0, 1, 2},
+}

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lrpir.backends.onnx_attrs import CONTROL_INPUTS
 from lrpir.backends.torch_ops import TORCH_OPS, max_pool_values, run_op
 
 from lrpir.errors import InputError
@@ -18,16 +19,6 @@ from lrpir.schedule import Plan
 
 _FLOAT_CASTS = {1, 10, 11, 16}  # onnx FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
-# Inputs that ops read as Python numbers (shapes, axes, pads, fill values). Static ones are handed
-# over from host memory so that reading them never waits for the GPU.
-_CONTROL = {
-    "Reshape": {1}, "Slice": {1, 2, 3, 4}, "Pad": {1, 2, 3}, "Expand": {1}, "Tile": {1},
-    "Unsqueeze": {1}, "Squeeze": {1}, "Split": {1}, "Resize": {1, 2, 3}, "TopK": {1},
-    "ReduceMean": {1}, "ReduceSum": {1}, "ReduceMax": {1}, "ReduceMin": {1}, "ReduceProd": {1},
-    "ReduceL1": {1}, "ReduceL2": {1}, "ReduceSumSquare": {1}, "ReduceLogSumExp": {1},
-    "ReduceLogSum": {1}, "CumSum": {1}, "Trilu": {1}, "ConstantOfShape": {0}, "Dropout": {1, 2},
-    "OneHot": {1}, "Range": {0, 1, 2},
-}
 
 
 class TorchArrayOps:
@@ -74,7 +65,7 @@ class TorchContext:
 
     def forward(self, node: Node, inputs: list) -> list:
         attrs = node.attrs
-        control = _CONTROL.get(node.op_type) if not node.domain else None
+        control = CONTROL_INPUTS.get(node.op_type) if not node.domain else None
         if control and self.host:
             inputs = [self.host.get(v.name, x) if i in control and v is not None and v.is_static
                       else x for i, (v, x) in enumerate(zip(node.inputs, inputs))]

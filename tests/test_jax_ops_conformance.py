@@ -8,9 +8,7 @@ inside ``jax.enable_x64(True)``, which restores the flag afterwards, so no other
 from __future__ import annotations
 
 import importlib.util
-import re
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,84 +34,21 @@ SKIPS: list[tuple[str, str]] = [
     (r"^test_training_dropout(_default)?(_mask)?$", "training-mode Dropout is random"),
 ]
 
-# Cases whose reference outputs are less precise than the default rtol=1e-5, atol=1e-6.
-TOLERANCES: dict[str, tuple[float, float]] = {
-    # expected values are hard-coded with 4 decimals
-    "test_averagepool_2d_ceil_last_window_starts_on_pad": (1e-3, 1e-4),
-}
-
-# ops without any single-node conformance case in the onnx wheel (tested below)
-NO_CASE = {("lrpir", "MatMulAdd"), ("lrpir", "RMSNormalization"), ("lrpir", "Silu")}
 _WIDE = {"float64", "int64", "uint64", "complex128"}
 
 
-def _skip_reason(name: str) -> str | None:
-    for pattern, reason in SKIPS:
-        if re.search(pattern, name):
-            return reason
-    return None
+def _load_cases():
+    """tests/onnx_cases.py, loaded once by path (importlib mode keeps ``tests`` off sys.path)."""
+    if "onnx_cases" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("onnx_cases", Path(__file__).with_name("onnx_cases.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["onnx_cases"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["onnx_cases"]
 
 
-def _op_key(node) -> tuple[str, str]:
-    return ("" if node.domain in ("", "ai.onnx") else node.domain, node.op_type)
-
-
-def _collect() -> list:
-    from onnx.backend.test.case.node import collect_testcases
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cases = collect_testcases(None)
-    return [c for c in cases if len(c.model.graph.node) == 1 and not c.name.endswith("_expanded")
-            and _op_key(c.model.graph.node[0]) in jax_ops.JAX_OPS]
-
-
-def _torch_conformance():
-    """tests/test_torch_ops_conformance.py (the module pytest imported, else loaded by path): its
-    collected cases (the same op set) and its onnxruntime cases, so the onnx wheel's cases are
-    generated once per session, not once per backend."""
-    path = Path(__file__).with_name("test_torch_ops_conformance.py")
-    for module in list(sys.modules.values()):
-        if getattr(module, "__file__", None) == str(path):
-            return module
-    name = "_lrpir_torch_ops_conformance"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # skips (raises) when torch is missing
-    sys.modules[name] = module
-    return module
-
-
-try:
-    _TORCH = _torch_conformance()
-except BaseException:  # no torch: collect here, and skip the onnxruntime cases
-    _TORCH = None
-CASES = ([c for c in _TORCH.CASES if _op_key(c.model.graph.node[0]) in jax_ops.JAX_OPS]
-         if _TORCH is not None and set(_TORCH.torch_ops.TORCH_OPS) >= set(jax_ops.JAX_OPS) else _collect())
-ORT_CASES = _TORCH.ORT_CASES if _TORCH is not None else {}
-
-
-def _to_numpy(value):
-    if isinstance(value, onnx.TensorProto):
-        return onnx.numpy_helper.to_array(value)
-    if not isinstance(value, (np.ndarray, np.generic)):
-        raise TypeError(f"not a tensor: {type(value).__name__}")
-    return np.asarray(value)
-
-
-def _attrs(node) -> dict:
-    """Attribute values normalised as the caller of run_op does."""
-    out = {}
-    for attr in node.attribute:
-        value = onnx.helper.get_attribute_value(attr)
-        if isinstance(value, bytes):
-            value = value.decode("utf-8")
-        elif isinstance(value, onnx.TensorProto):
-            value = onnx.numpy_helper.to_array(value)
-        elif isinstance(value, list):
-            value = [v.decode("utf-8") if isinstance(v, bytes) else v for v in value]
-        out[attr.name] = value
-    return out
+cases = _load_cases()
+CASES = cases.single_node_cases(jax_ops.JAX_OPS)
 
 
 def _wide(arrays) -> bool:
@@ -136,37 +71,30 @@ def _check_output(name: str, got, expected, tolerance: tuple[float, float]) -> N
         np.testing.assert_array_equal(actual, expected, err_msg=name)
 
 
-def _case_data(case):
-    graph = case.model.graph
-    node = graph.node[0]
-    for inputs, outputs in case.data_sets:
-        by_name = {vi.name: _to_numpy(v) for vi, v in zip(graph.input, inputs)}
-        yield node, [by_name[n] if n else None for n in node.input], [_to_numpy(o) for o in outputs]
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_conformance(case) -> None:
-    reason = _skip_reason(case.name)
+    reason = cases.skip_reason(case.name, SKIPS)
     if reason:
         pytest.skip(reason)
-    attrs = _attrs(case.model.graph.node[0])
-    for node, args, outputs in _case_data(case):
+    attrs = cases.attrs(case.model.graph.node[0])
+    for node, args, outputs in cases.case_data(case):
         with jax.enable_x64(_wide(args + outputs)):
-            results = jax_ops.run_op(*_op_key(node), [None if a is None else jnp.asarray(a)
+            results = jax_ops.run_op(*cases.op_key(node), [None if a is None else jnp.asarray(a)
                                                       for a in args], attrs)
             assert isinstance(results, tuple)
             assert len(results) >= len(outputs)
             for i, (got, expected) in enumerate(zip(results, outputs)):
-                tolerance = TOLERANCES.get(case.name, (1e-5, 1e-6))
+                tolerance = cases.TOLERANCES.get(case.name, (1e-5, 1e-6))
                 _check_output(f"{case.name} output {i}", got, expected, tolerance)
 
 
 def test_every_op_has_a_conformance_case() -> None:
     """Each implemented op is exercised by at least one (non-skipped) case above."""
-    covered = {_op_key(c.model.graph.node[0]) for c in CASES if not _skip_reason(c.name)}
-    missing = set(jax_ops.JAX_OPS) - covered - NO_CASE
+    covered = {cases.op_key(c.model.graph.node[0]) for c in CASES
+               if not cases.skip_reason(c.name, SKIPS)}
+    missing = set(jax_ops.JAX_OPS) - covered - cases.NO_CASE
     assert not missing, f"ops without a conformance case: {sorted(missing)}"
-    assert not NO_CASE & covered, "NO_CASE lists ops that now have cases"
+    assert not cases.NO_CASE & covered, "NO_CASE lists ops that now have cases"
 
 
 def test_same_ops_as_the_torch_backend() -> None:
@@ -261,22 +189,11 @@ def test_reduce_l2_gradient_is_zero_at_zero() -> None:
 # Attribute combinations the conformance cases miss, shared with the torch backend's test.
 
 
-@pytest.mark.parametrize("name", sorted(ORT_CASES))
+@pytest.mark.parametrize("name", sorted(cases.ORT_CASES))
 def test_against_onnxruntime(name: str) -> None:
-    ort = pytest.importorskip("onnxruntime")
-    helper = onnx.helper
-    op_type, inputs, attrs = ORT_CASES[name]
-    names = [f"in{i}" if v is not None else "" for i, v in enumerate(inputs)]
-    n_out = {"MaxPool": 2, "Split": attrs.get("num_outputs", 1), "TopK": 2}.get(op_type, 1)
-    outs = [f"out{i}" for i in range(n_out)]
-    graph = helper.make_graph(
-        [helper.make_node(op_type, names, outs, **attrs)], name,
-        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-         for n, v in zip(names, inputs) if v is not None],
-        [helper.make_empty_tensor_value_info(o) for o in outs])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=9)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    expected = session.run(None, {n: v for n, v in zip(names, inputs) if v is not None})
+    pytest.importorskip("onnxruntime")
+    op_type, inputs, attrs = cases.ORT_CASES[name]
+    expected = cases.onnxruntime_outputs(name)
     with jax.enable_x64(True):  # the int64 indices and index outputs
         args = [None if v is None else jnp.asarray(v) for v in inputs]
         results = jax_ops.run_op("", op_type, args, attrs)

@@ -73,7 +73,7 @@ def explained(minilm, onnx_export, tmp_path_factory):
     for kind in KINDS:
         t0 = time.perf_counter()
         # a bidirectional encoder: the legacy exporter traces its masks as they are (only causal
-        # models need transformers' older mask builder, see transformer_zoo.legacy_masks)
+        # models need transformers' older mask builder, see lrpir.coverage_models.legacy_masks)
         proto = onnx_export(model, args, kind, input_names=NAMES, output_names=["sim"])
         model.eval()
         path = folder / f"minilm_pair_{kind}.onnx"

@@ -6,7 +6,6 @@ Loaded by path through the ``zoo`` fixture in ``conftest.py``.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import warnings
 from dataclasses import dataclass
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from lrpir.coverage_models import legacy_masks
 
 B, T, T_DEC = 2, 7, 4
 VOCAB = 96
@@ -219,20 +220,6 @@ class _Logits(torch.nn.Module):
         if "use_cache" in inspect.signature(self.model.forward).parameters:
             kwargs["use_cache"] = False
         return self.model(**kwargs, return_dict=True).logits
-
-
-@contextlib.contextmanager
-def legacy_masks():
-    """transformers ≥ 4.53 builds attention masks with ``torch.vmap``, which the TorchScript
-    exporter cannot trace; its pre-2.6 mask builder exports fine."""
-    import transformers.masking_utils as mu
-
-    saved = mu.sdpa_mask, mu._is_torch_greater_or_equal_than_2_6
-    mu.sdpa_mask, mu._is_torch_greater_or_equal_than_2_6 = mu.sdpa_mask_older_torch, False
-    try:
-        yield
-    finally:
-        mu.sdpa_mask, mu._is_torch_greater_or_equal_than_2_6 = saved
 
 
 def export(built: Built, exporter: str, path: Path) -> Path:
