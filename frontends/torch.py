@@ -30,9 +30,9 @@ def check_eval(module: Any) -> None:
     """LRP explains inference: dropout off, batch norm on running statistics."""
     for path, sub in module.named_modules():
         if sub.training:
-            where = f"its submodule '{path}' ({type(sub).__name__})" if path else "it"
+            where = f" (its submodule '{path}', a {type(sub).__name__})" if path else ""
             raise InputError(
-                f"{type(module).__name__} is in training mode ({where}); lrpir explains a model "
+                f"{type(module).__name__} is in training mode{where}; lrpir explains a model "
                 "in inference mode and does not change your module: call model.eval() first")
 
 

@@ -329,3 +329,15 @@ def test_forward_fn_is_the_model_and_its_jax_grad_gives_gradient_x_input(small):
 
     g = np.asarray(jax.grad(logit)(jnp.asarray(x)))
     assert _rel(x * g, want.relevance[0]) <= 1e-5
+
+
+def test_jax_array_inputs_are_checked_and_explained_like_numpy(small):
+    """A JAX array is explained as it is (no host copy first) and gives the numpy input's relevance;
+    a NaN in it is an error naming the input and the index."""
+    model, x = small["mlp"]
+    want = lrpir.explain(model, x, backend="jax")
+    got = lrpir.explain(model, jnp.asarray(x), backend="jax")
+    assert _rel(got.relevance[0], want.relevance[0]) <= 1e-7
+    bad = jnp.asarray(x).at[1, 2].set(jnp.nan)
+    with pytest.raises(InputError, match=r"NaN or infinity \(first at index \(1, 2\)\)"):
+        lrpir.explain(model, bad, backend="jax")

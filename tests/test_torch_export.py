@@ -442,6 +442,12 @@ def test_a_module_in_training_mode_is_refused(cnn):
     with pytest.raises(InputError, match=r"training mode.*model\.eval\(\)"):
         lrpir.explain(model, torch.randn(1, 3, 8, 8))
     assert model.training  # lrpir never switches the user's module
+    model = copy.deepcopy(cnn).eval()
+    name, sub = next((n, m) for n, m in model.named_modules() if n)
+    sub.train()
+    with pytest.raises(InputError, match=rf"training mode \(its submodule '{name}'"):
+        lrpir.explain(model, torch.randn(1, 3, 8, 8))
+    assert sub.training
 
 
 class Largest(nn.Module):
@@ -486,3 +492,12 @@ def test_jax_backend_equals_torch_backend(cnn):
     on_jax = lrpir.explain(cnn, x, backend="jax")
     on_torch = lrpir.explain(cnn, x, backend="torch")
     _same_relevance(on_jax, on_torch)
+
+
+def test_capture_names_a_torch_route_and_only_applies_to_torch_modules(cnn, onnx_export):
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(InputError, match="capture='trace' is not a torch capture route.*'export'"):
+        lrpir.explain(cnn, x, capture="trace")
+    proto = onnx_export(cnn, x)
+    with pytest.raises(InputError, match="read by the onnx frontend; leave capture=None"):
+        lrpir.explain(proto, x.numpy(), capture="export")
