@@ -184,11 +184,20 @@ def _tensor(x: Any, dtype: torch.dtype | None, device: torch.device) -> torch.Te
     return t.to(device)
 
 
+def _ordinary(t: torch.Tensor) -> torch.Tensor:
+    """An inference-mode tensor cannot take part in a VJP: use an ordinary copy of it."""
+    return t.clone() if t.is_inference() else t
+
+
 class TorchExecutable:
     """A plan bound to a dtype and device, with its static values already on the device."""
 
     def __init__(self, plan: Plan, dtype: torch.dtype, device: torch.device) -> None:
         self.plan, self.dtype, self.device = plan, dtype, device
+        with torch.inference_mode(False):  # VJPs need ordinary tensors, even if the caller is
+            self._load_statics(plan, dtype, device)  # inside torch.inference_mode()
+
+    def _load_statics(self, plan: Plan, dtype: torch.dtype, device: torch.device) -> None:
         statics, host = {}, {}
         for node in plan.graph.nodes:
             for v in node.inputs:
@@ -200,14 +209,15 @@ class TorchExecutable:
         self.ctx = TorchContext(dtype, device, host if device.type != "cpu" else None)
 
     def run(self, inputs: dict[str, Any], seed) -> RawResult:
-        feeds = {k: _tensor(v, self.dtype, self.device) for k, v in inputs.items()}
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():
+            feeds = {k: _ordinary(_tensor(v, self.dtype, self.device)) for k, v in inputs.items()}
             return run_plan(self.plan, self.ctx, self.statics, feeds, seed)
 
 
 class TorchBackend:
     name = "torch"
     float64 = True
+    takes_recorded_values = True  # a plan may be fed eager values from a recorded forward pass
 
     def supports(self, node: Node) -> bool:
         return (node.domain, node.op_type) in TORCH_OPS

@@ -5,6 +5,9 @@
 
 ``minilm-random`` is MiniLM's architecture with random weights (same cost, no weights package).
 ``--route export`` explains the torch module itself (torch.export) instead of its ONNX export;
+``--route autograd`` explains the module through its recorded eager pass (every call runs the
+module once under the recorder; the bare plan time includes that recording, since each call needs
+it);
 ``--backend jax`` runs the ONNX export on the JAX backend with ``jit=True`` and compares it with
 ``jax.grad`` of the same graph's forward (both XLA-compiled), on JAX's default device.
 
@@ -131,8 +134,10 @@ def bench(name: str, batch: int, reps: int, device: str, presets: list[str],
     grad = timed(gradient, reps, device)
     rows = []
     for preset in presets:
-        source = model if route == "export" else _proto(onnx_bytes)
-        full, bare, exp, compiled = _time_preset(source, preset, x, xd, target, reps, device)
+        source = model if route in ("export", "autograd") else _proto(onnx_bytes)
+        capture = route if route in ("export", "autograd") else None
+        full, bare, exp, compiled = _time_preset(source, preset, x, xd, target, reps, device,
+                                                 capture)
         rows.append({"model": name, "rules": preset, "device": device, "batch": batch, "route": route,
                      "forward_ms": round(forward * 1e3, 2), "gradient_ms": round(grad * 1e3, 2),
                      "lrpir_ms": round(full * 1e3, 2), "lrpir_plan_ms": round(bare * 1e3, 2),
@@ -227,10 +232,11 @@ def _time_text_preset(onnx_bytes: bytes, preset: str, host, dev, target, reps: i
     return timed(explain, reps, device), timed(plan_only, reps, device), explain(), compiled
 
 
-def _time_preset(source, preset: str, x, xd, target, reps: int, device: str):
+def _time_preset(source, preset: str, x, xd, target, reps: int, device: str,
+                 capture: str | None = None):
     """(explain() time, bare plan time, an explanation, the compiled plan) for one preset;
-    ``source`` is the ONNX model or the torch module itself (the torch.export route)."""
-    explainer = lrpir.compile(source, xd, rules=_rules(preset))
+    ``source`` is the ONNX model or the torch module itself (``capture``: its route)."""
+    explainer = lrpir.compile(source, xd, rules=_rules(preset), capture=capture)
     targets = target.cpu().tolist()
     compiled = explainer.compiled([xd], 0, torch.device(device))
 
@@ -240,7 +246,10 @@ def _time_preset(source, preset: str, x, xd, target, reps: int, device: str):
     name = compiled.plan.graph.inputs[0].name
 
     def plan_only():
-        return compiled.executable.run({name: xd}, lambda y: _seed(y, target))
+        recorded = {}
+        if capture == "autograd":  # each call records the module's eager pass first
+            recorded = explainer._prepare([xd], 0, torch.device(device))[1]
+        return compiled.executable.run({name: xd, **recorded}, lambda y: _seed(y, target))
 
     full = timed(explain, reps, device)
     bare = timed(plan_only, reps, device)
@@ -312,8 +321,9 @@ def main() -> None:
     parser.add_argument("--models", default="resnet,efficientnet")
     parser.add_argument("--rules", default="epsilon",
                         help="comma-separated presets, e.g. epsilon,epsilon-gamma-box")
-    parser.add_argument("--route", choices=["onnx", "export"], default="onnx",
-                        help="image models: explain the ONNX export or the torch module itself")
+    parser.add_argument("--route", choices=["onnx", "export", "autograd"], default="onnx",
+                        help="image models: explain the ONNX export, or the torch module itself "
+                             "(torch.export, or its recorded eager pass)")
     parser.add_argument("--backend", choices=["torch", "jax"], default="torch",
                         help="jax: the ONNX export on the JAX backend with jit=True (image models)")
     args = parser.parse_args()

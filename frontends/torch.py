@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import inspect
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
 
-from lrpir.errors import InputError
+from lrpir.errors import InputError, LrpirWarning
 from lrpir.ir import Graph
 from lrpir.plugins import InputSpec, Source
 
@@ -68,16 +69,47 @@ class TorchFrontend:
         return torch is not None and isinstance(model, torch.nn.Module)
 
     def load(self, model: Any, capture: str | None = None) -> Source:
-        if capture == "autograd":
-            raise InputError("capture='autograd' (lowering the autograd graph) is not available yet; "
-                             "use capture='export' or explain an ONNX export of the model")
-        if capture not in (None, "export"):
-            raise InputError(f"capture={capture!r} is not a torch capture route; use 'export'")
+        if capture not in (None, *CAPTURES):
+            raise InputError(f"capture={capture!r} is not a torch capture route; use one of "
+                             f"{', '.join(map(repr, CAPTURES))} or None")
         check_eval(model)
-        from lrpir.frontends.torch_export import Capture
+        if capture == "autograd":
+            from lrpir.frontends.torch_autograd import AutogradCapture
 
-        return Source("torch", "torch", None, None, Capture(model),
-                      description=type(model).__name__)
+            payload: Any = AutogradCapture(model)
+        else:
+            from lrpir.frontends.torch_export import Capture
+
+            payload = Capture(model, fallback=capture is None)
+        return Source("torch", "torch", None, None, payload, description=type(model).__name__)
+
+    def record(self, source: Source, values: list[Any], shapes: list[tuple[int, ...]],
+               dtypes: list[np.dtype]) -> Any:
+        """This call's recording on the autograd route; ``None`` on the export route.
+
+        ``capture=None`` tries torch.export first and, if torch refuses the module, switches
+        this source to the autograd route for good, with a warning that says why.
+        """
+        capture = source.payload
+        check_eval(capture.module)
+        names = input_names(capture.module, len(shapes))
+        if capture.route == "export":
+            if not capture.fallback:
+                return None
+            _register_lowerings()
+            error = capture.try_lower(list(shapes), [np.dtype(d) for d in dtypes], names)
+            if error is None:
+                return None
+            warnings.warn(
+                f"torch.export could not capture {capture.describe()} ({error.reason}); explaining "
+                "it through its autograd graph instead (capture='autograd'), which follows the "
+                "branch each call's inputs take. Pass capture='autograd' to skip the export "
+                "attempt, or capture='export' to make this an error.", LrpirWarning, stacklevel=4)
+            from lrpir.frontends.torch_autograd import AutogradCapture
+
+            source.payload = capture = AutogradCapture(capture.module)
+        _register_lowerings()
+        return capture.record(values, names)
 
     def input_specs(self, source: Source, shapes: list[tuple[int, ...]],
                     dtypes: list[np.dtype]) -> list[InputSpec]:
@@ -87,6 +119,9 @@ class TorchFrontend:
     def lower(self, source: Source, shapes: list[tuple[int, ...]],
               dtypes: list[np.dtype] | None = None) -> Graph:
         capture = source.payload
+        if capture.route != "export":
+            raise InputError("a module on the autograd route is lowered from each call's "
+                             "recording (TorchFrontend.record), not from shapes alone")
         check_eval(capture.module)
         if dtypes is None:
             raise InputError("the torch frontend lowers for given input dtypes: pass dtypes")

@@ -265,7 +265,8 @@ def _repeat_heads(L: Lowering, t: Value, n: int) -> Value:
 
 @lowers("aten.scaled_dot_product_attention", "aten._scaled_dot_product_attention_math",
         "aten._scaled_dot_product_flash_attention_for_cpu",
-        "aten._scaled_dot_product_efficient_attention", "aten._scaled_dot_product_flash_attention")
+        "aten._scaled_dot_product_efficient_attention", "aten._scaled_dot_product_flash_attention",
+        "aten._scaled_dot_product_cudnn_attention")
 def _sdpa(L: Lowering, a: dict) -> Any:
     out = attention(L, a["query"], a["key"], a["value"], a.get("attn_mask", a.get("attn_bias")),
                     bool(a.get("is_causal")), a.get("scale"))

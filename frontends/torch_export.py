@@ -10,7 +10,11 @@ units, which stay whole.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -64,11 +68,36 @@ def module_device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-class Capture:
-    """One torch module and the programs exported from it, tried in turn for each call's shapes."""
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """Silence torch's own logs and prints while exporting (a refused export prints the whole
+    traced graph to stderr); the error lrpir raises, or the fallback warning, quotes the reason."""
+    before = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logging.disable(before)
 
-    def __init__(self, module: torch.nn.Module) -> None:
+
+class ExportError(InputError):
+    """torch.export could not capture the module (the route falls back to autograd if allowed)."""
+
+
+class Capture:
+    """One torch module and the programs exported from it, tried in turn for each call's shapes.
+
+    With ``fallback`` (``capture=None``), a module torch.export refuses is explained through its
+    autograd graph instead: the frontend asks :meth:`try_lower` first and switches routes.
+    """
+
+    route = "export"
+
+    def __init__(self, module: torch.nn.Module, fallback: bool = False) -> None:
         self.module = module
+        self.fallback = fallback
+        self._ready: tuple[tuple, Graph] | None = None  # lowered by try_lower, not yet taken
         self.programs: dict[tuple, list[Any]] = {}  # (ranks, dtypes) → decomposed programs
         self.refused: set[tuple] = set()             # keys whose dynamic export torch refused
         self.exports = 0
@@ -83,6 +112,9 @@ class Capture:
 
         shapes = [tuple(int(d) for d in s) for s in shapes]
         key = (tuple(len(s) for s in shapes), tuple(np.dtype(d).str for d in dtypes))
+        ready, self._ready = self._ready, None
+        if ready is not None and ready[0] == (tuple(shapes), key):
+            return ready[1]
         where = self.describe()
         for program in self.programs.get(key, []):
             try:
@@ -99,6 +131,18 @@ class Capture:
         self.programs.setdefault(key, []).append(program)
         return lower_program(program, shapes, names, where)
 
+    def try_lower(self, shapes: list[tuple[int, ...]], dtypes: list[np.dtype],
+                  names: list[str]) -> ExportError | None:
+        """Lower now (kept for the next :meth:`lower`); the export error if torch.export refused."""
+        try:
+            graph = self.lower(shapes, dtypes, names)
+        except ExportError as exc:
+            return exc
+        shapes = [tuple(int(d) for d in s) for s in shapes]
+        key = (tuple(len(s) for s in shapes), tuple(np.dtype(d).str for d in dtypes))
+        self._ready = ((tuple(shapes), key), graph)
+        return None
+
     def _export(self, shapes: list[tuple[int, ...]], dtypes: list[np.dtype], dynamic: bool,
                 quiet: bool = False) -> Any:
         self.exports += 1
@@ -106,7 +150,7 @@ class Capture:
         args = tuple(_example(s, d, device) for s, d in zip(shapes, dtypes))
         spec = self._dynamic_shapes(args) if dynamic else None
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _quiet_logs():
                 warnings.simplefilter("ignore")
                 program = torch.export.export(self.module, args, dynamic_shapes=spec)
                 return program.run_decompositions(decomposition_table())
@@ -114,10 +158,13 @@ class Capture:
             if quiet:
                 return None
             lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()][:4]
-            raise InputError(
+            reason = f"{type(exc).__name__}: {' / '.join(lines)}"
+            error = ExportError(
                 f"torch.export could not capture {self.describe()} for inputs of shapes {shapes}: "
-                f"{type(exc).__name__}: {' / '.join(lines)}. Export the model with "
-                "torch.onnx.export and explain the .onnx file instead.") from exc
+                f"{reason}. Use capture='autograd', or export the model with torch.onnx.export "
+                "and explain the .onnx file.")
+            error.reason = reason
+            raise error from exc
 
     def _dynamic_shapes(self, args: tuple) -> Any:
         """``Dim.AUTO`` on the batch dimension of every input and the sequence dimension of integer

@@ -114,6 +114,12 @@ class Lowering:
     def __init__(self, ep: ExportedProgram, shapes: list[tuple[int, ...]], names: list[str],
                  where: str) -> None:
         self.ep = ep
+        self._start(ep.graph, names, where)
+        self._bind_symbols(shapes)
+
+    def _start(self, fx_graph: torch.fx.Graph, names: list[str], where: str) -> None:
+        self.fx_graph = fx_graph
+        self.names = names
         self.where = where
         self.graph = Graph(where)
         self.env: dict[torch.fx.Node, Any] = {}
@@ -122,8 +128,6 @@ class Lowering:
         self.provenance = ""
         self.memo: dict[Any, Any] = {}  # lowerings share derived values (a transposed weight)
         self._node_names: set[str] = set()  # IR nodes are named after their FX node, uniquely
-        self._bind_symbols(shapes)
-        self.names = names
 
     # -- symbols ------------------------------------------------------------------------------
     def _bind_symbols(self, shapes: list[tuple[int, ...]]) -> None:
@@ -238,30 +242,10 @@ class Lowering:
 
     # -- the walk -----------------------------------------------------------------------------
     def run(self) -> Graph:
-        sig = self.ep.graph_signature
-        params = sig.inputs_to_parameters
-        buffers = sig.inputs_to_buffers
-        consts = sig.inputs_to_lifted_tensor_constants
-        state = self.ep.state_dict
-        user = iter(self.names)
-        for node in self.ep.graph.nodes:
+        for node in self.fx_graph.nodes:
             self.node, self.provenance = node, ""
             if node.op == "placeholder":
-                if node.name in params or node.name in buffers:
-                    target = params.get(node.name) or buffers[node.name]
-                    data = state[target] if target in state else self.ep.constants[target]
-                    self.env[node] = self._static(target, data, node.name in params)
-                elif node.name in consts:
-                    target = consts[node.name]
-                    self.env[node] = self._static(target, self.ep.constants[target], False)
-                elif node.name in sig.user_inputs:
-                    shape, dtype = self.meta(node)
-                    v = self.graph.add_value(Value(next(user), shape, dtype, Role.INPUT))
-                    self.graph.inputs.append(v)
-                    self.env[node] = v
-                else:
-                    raise UnsupportedOpError(f"{self.where}: input '{node.name}' of kind "
-                                             f"{_input_kind(sig, node.name)} cannot be lowered")
+                self.env[node] = self._placeholder(node)
             elif node.op == "call_function":
                 self.provenance = module_path(node)
                 self.env[node] = self._call(node)
@@ -273,6 +257,29 @@ class Lowering:
                                          "be lowered")
         self.graph.topological_sort()
         return self.graph
+
+    def user_input(self, node: torch.fx.Node, name: str) -> Value:
+        shape, dtype = self.meta(node)
+        v = self.graph.add_value(Value(name, shape, dtype, Role.INPUT))
+        self.graph.inputs.append(v)
+        return v
+
+    def _placeholder(self, node: torch.fx.Node) -> Value:
+        """A program input: a parameter, buffer or constant (copied), or a user input."""
+        sig = self.ep.graph_signature
+        params, buffers = sig.inputs_to_parameters, sig.inputs_to_buffers
+        consts, state = sig.inputs_to_lifted_tensor_constants, self.ep.state_dict
+        if node.name in params or node.name in buffers:
+            target = params.get(node.name) or buffers[node.name]
+            data = state[target] if target in state else self.ep.constants[target]
+            return self._static(target, data, node.name in params)
+        if node.name in consts:
+            target = consts[node.name]
+            return self._static(target, self.ep.constants[target], False)
+        if node.name in sig.user_inputs:
+            return self.user_input(node, self.names[len(self.graph.inputs)])
+        raise UnsupportedOpError(f"{self.where}: input '{node.name}' of kind "
+                                 f"{_input_kind(sig, node.name)} cannot be lowered")
 
     def _static(self, target: str, data: Any, parameter: bool) -> Value:
         """A parameter, buffer or constant, copied: the explainer snapshots the weights."""
@@ -350,17 +357,20 @@ class Lowering:
 
     def _outputs(self, node: torch.fx.Node) -> None:
         sig = self.ep.graph_signature
-        values = []
-        for spec, arg in zip(sig.output_specs, node.args[0]):
-            if spec.kind is not OutputKind.USER_OUTPUT:
-                continue
+        args = [arg for spec, arg in zip(sig.output_specs, node.args[0])
+                if spec.kind is OutputKind.USER_OUTPUT]
+        self.set_outputs(args, output_names(self.ep, len(args)))
+
+    def set_outputs(self, args: list[Any], names: list[str]) -> None:
+        """The graph's outputs, each a value of its own, named as the model names them."""
+        values: list[Value] = []
+        for arg, name in zip(args, names):
             v = self._args(arg)
             if not isinstance(v, Value):
-                raise UnsupportedOpError(f"{self.where}: output '{arg}' is not a tensor")
+                raise UnsupportedOpError(f"{self.where}: output '{name}' is not a tensor")
             if v in values or v.producer is None:  # an input, a parameter or a repeat
                 v = self.emit("Identity", [v], shape=v.shape, dtype=v.dtype)
             values.append(v)
-        names = output_names(self.ep, len(values))
         for v, name in zip(values, names):
             if v.name != name and name not in self.graph.values:
                 del self.graph.values[v.name]
@@ -384,6 +394,14 @@ def output_names(ep: ExportedProgram, count: int) -> list[str]:
     if len(names) != count:
         return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
     return [n or "output" for n in names]
+
+
+def output_leaf_names(spec: Any, leaves: list[Any]) -> list[str]:
+    """The names of the tensor leaves of a model's output, as :func:`output_names` gives them."""
+    names = _leaf_names(spec, "")
+    if len(names) != len(leaves):
+        names = [f"output_{i}" for i in range(len(leaves))]
+    return [n or "output" for n, x in zip(names, leaves) if isinstance(x, torch.Tensor)]
 
 
 def _leaf_names(spec: Any, prefix: str) -> list[str]:

@@ -1,12 +1,19 @@
 """lrpir: a framework-neutral attribution compiler for Layer-wise Relevance Propagation.
 
-Frontends lower a model (ONNX today) into one operation IR; a rule engine gives every op an LRP
-rule; a promise scheduler plans the relevance pass; a backend runs it.
+Frontends lower a model (ONNX, a torch module, a JAX callable) into one operation IR; a rule
+engine gives every op an LRP rule; a promise scheduler plans the relevance pass; a backend runs it.
 """
 
 from lrpir.api import Explainer, Explanation, compile, explain
 from lrpir.conservation import Conservation
-from lrpir.errors import InputError, LrpirError, ModelLoadError, RuleError, UnsupportedOpError
+from lrpir.errors import (
+    InputError,
+    LrpirError,
+    LrpirWarning,
+    ModelLoadError,
+    RuleError,
+    UnsupportedOpError,
+)
 from lrpir.heatmap import relevance_to_rgb, save_heatmap
 from lrpir.rules.presets import Rules
 from lrpir.text import (
@@ -26,6 +33,7 @@ __all__ = [
     "Explanation",
     "InputError",
     "LrpirError",
+    "LrpirWarning",
     "ModelLoadError",
     "RuleError",
     "Rules",

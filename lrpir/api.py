@@ -68,6 +68,7 @@ class Compiled:
     plan: Plan
     executable: Any
     report: CanonicalReport
+    supplied: dict[str, Any] | None = None  # IR value → handle into each call's recording
 
 
 @dataclass
@@ -265,20 +266,49 @@ class Explainer:
         return v
 
     def compiled(self, arrays: list[Any], output: int | str = 0, device: Any = None) -> Compiled:
-        """The compiled plan for these inputs (arrays or checked inputs), built once per shape."""
+        """The compiled plan for these inputs (arrays or checked inputs), built once per shape
+        (on the autograd route: once per recorded path)."""
+        return self._prepare(arrays, output, device)[0]
+
+    def _record(self, arrays: list[ArrayInput]) -> Any:
+        """This call's recording, for a frontend that records each call (torch, autograd route)."""
+        record = getattr(self.frontend, "record", None) if self.traced else None
+        if record is None:
+            return None
+        return record(self.source, [a.value for a in arrays], [a.shape for a in arrays],
+                      [a.dtype for a in arrays])
+
+    def _prepare(self, arrays: list[Any], output: int | str = 0,
+                 device: Any = None) -> tuple[Compiled, dict[str, Any]]:
+        """The compiled plan and the values this call's recording feeds it (none if not recorded)."""
         arrays = [a if isinstance(a, ArrayInput) else _as_input(a) for a in arrays]
         if isinstance(output, str) and output in (self.source.outputs or ()):
             output = self.source.outputs.index(output)  # one plan per output, however named
         if device is None:
             device = self.backend.default_device([a.value for a in arrays])
+        recorded = self._record(arrays)
         # the compute dtype follows from the input dtypes and the model, so they key it
         key = (tuple(a.shape for a in arrays), tuple(a.dtype.str for a in arrays), output,
-               str(device))
-        if key in self._cache:
-            return self._cache[key]
+               str(device), recorded.key if recorded is not None else None)
+        if key not in self._cache:
+            self._cache[key] = self._build(arrays, output, device, recorded)
+        compiled = self._cache[key]
+        feeds = recorded.values(compiled.supplied) if recorded is not None else {}
+        return compiled, feeds
+
+    def _build(self, arrays: list[ArrayInput], output: int | str, device: Any,
+               recorded: Any) -> Compiled:
         shapes = [a.shape for a in arrays]
-        graph = (self.frontend.lower(self.source, shapes, [a.dtype for a in arrays]) if self.traced
-                 else self.frontend.lower(self.source, shapes))
+        handles: dict[str, Any] = {}
+        if recorded is not None:
+            graph, handles = recorded.lower()
+        elif self.traced:
+            graph = self.frontend.lower(self.source, shapes, [a.dtype for a in arrays])
+        else:
+            graph = self.frontend.lower(self.source, shapes)
+        # canonicalisation keeps a value's meaning (a rewrite gives its result a new value), so a
+        # recorded value still in the graph, still produced by a node, is still right
+        recorded_values = [(graph.values[name], handle) for name, handle in handles.items()]
         index_values, report = canonicalize(graph)
         explained = self._explained_value(graph, output)
         dtype = self._compute_dtype(arrays, explained)
@@ -288,20 +318,26 @@ class Explainer:
         if missing:
             raise UnsupportedOpError(f"the {self.backend.name} backend cannot run these ops:\n  "
                                      + "\n  ".join(missing))
-        plan = schedule(graph, explained, assignments, self.rules.mode, self.rules.key())
+        supplied = None
+        if recorded is not None and getattr(self.backend, "takes_recorded_values", False) \
+                and not self.jit:
+            handles = {v.name: h for v, h in recorded_values
+                       if graph.values.get(v.name) is v and v.producer is not None}
+            supplied = set(handles)
+        plan = schedule(graph, explained, assignments, self.rules.mode, self.rules.key(),
+                        supplied=supplied, lost=getattr(recorded, "lost", None))
         exe = self.backend.compile(plan, dtype, device, jit=self.jit)
-        compiled = Compiled(graph, plan, exe, report)
-        self._cache[key] = compiled
-        return compiled
+        return Compiled(graph, plan, exe, report, {n: handles[n] for n in plan.supplied})
 
     # -- running ------------------------------------------------------------------------------
     def __call__(self, *inputs: Any, target: Any = None, output: int | str = 0) -> Explanation:
         arrays = self._check_inputs(inputs)
         specs = self.input_specs(arrays)
         device = self.backend.default_device(list(inputs))
-        c = self.compiled(arrays, output, device)
+        c, recorded = self._prepare(arrays, output, device)
         used = {g.name for g in c.graph.inputs}
         feeds = {spec.name: a.value for spec, a in zip(specs, arrays) if spec.name in used}
+        feeds.update(recorded)
         chosen: dict[str, np.ndarray | None] = {}
 
         names = self.source.outputs or [v.name for v in c.graph.outputs]

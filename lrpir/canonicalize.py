@@ -10,6 +10,7 @@ from lrpir.ir import Graph
 from lrpir.raising import Raised, raise_patterns
 from lrpir.roles import assign_roles
 from lrpir.shapes import refresh_shapes
+from lrpir.unflatten import unflatten_linear
 
 
 @dataclass
@@ -17,6 +18,7 @@ class CanonicalReport:
     identities_removed: int = 0
     folded: int = 0
     fused: int = 0
+    unflattened: int = 0
     dead_removed: int = 0
     raised: list[Raised] = field(default_factory=list)
 
@@ -29,7 +31,8 @@ class CanonicalReport:
     def __str__(self) -> str:
         raised = ", ".join(f"{n} {op}" for op, n in self.raised_counts().items()) or "nothing"
         return (f"removed {self.identities_removed} identities, folded {self.folded} static ops, "
-                f"raised {raised}, fused {self.fused} affine ops, dropped {self.dead_removed} dead ops")
+                f"raised {raised}, unflattened {self.unflattened} linear ops, "
+                f"fused {self.fused} affine ops, dropped {self.dead_removed} dead ops")
 
 
 def canonicalize(graph: Graph, raise_composites: bool = True) -> tuple[set[int], CanonicalReport]:
@@ -48,6 +51,7 @@ def canonicalize(graph: Graph, raise_composites: bool = True) -> tuple[set[int],
     check_no_control_flow(graph)
     report.dead_removed = graph.remove_dead()
     report.raised = raise_patterns(graph) if raise_composites else []
+    report.unflattened = unflatten_linear(graph)
     report.fused = fuse_affine(graph)
     report.dead_removed += graph.remove_dead()
     graph.topological_sort()

@@ -95,8 +95,16 @@ the relevance path), the canonicalisation report, and the Plan with its promises
 dimensions default to 1 unless --input-shape sets them. The rule options are those of
 'lrpir explain' (--low/--high: a number or one per channel of the first float input).
 
+A torch module or JAX callable is given as FILE.py:NAME (or MODULE:NAME); NAME may be a function
+or class that builds it. Its inputs are named by --input-shape (each one, by its parameter name),
+filled with seeded random floats (ones for integer inputs, see --input-dtype). With
+--capture autograd the plan says which values come from the recorded eager pass and which are
+recomputed, and why.
+
 examples:
   lrpir inspect model.onnx
+  lrpir inspect net.py:build --input-shape x=2,3,32,32 --capture autograd
+  lrpir inspect bert.py:model --input-shape input_ids=1,8 --input-dtype input_ids=int64
   lrpir inspect model.onnx --input-shape image=8,3,224,224 --rules gradient-x-input
   lrpir inspect model.onnx --rules epsilon-gamma-box --low -1 --high 1 --override Gemm=epsilon
   lrpir inspect model.onnx --override Conv=gamma --gamma 0.5 --override 'features.0*=flat'
@@ -194,9 +202,20 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="show the lowered graph, assigned rules and the Plan",
                        formatter_class=fmt, epilog=_INSPECT_EPILOG)
-    i.add_argument("model", metavar="MODEL", help="path to a .onnx file")
+    i.add_argument("model", metavar="MODEL",
+                   help="path to a .onnx file, or FILE.py:NAME / MODULE:NAME naming a torch "
+                        "module or JAX callable (a function or class there is called to build it)")
     i.add_argument("--input-shape", dest="shapes", metavar="NAME=D0,D1,...", action="append",
-                   default=[], help="concrete shape of an input (repeatable)")
+                   default=[], help="concrete shape of an input (repeatable; every input of a "
+                                    "FILE.py:NAME model)")
+    i.add_argument("--input-dtype", dest="dtypes", metavar="NAME=DTYPE", action="append",
+                   default=[], help="dtype of an input of a FILE.py:NAME model (default float32; "
+                                    "integers are filled with ones)")
+    i.add_argument("--capture", choices=["export", "autograd"], default=None,
+                   help="how a torch module is captured (default: export, falling back to "
+                        "autograd)")
+    i.add_argument("--seed", type=int, default=0,
+                   help="seed of the random float inputs of a FILE.py:NAME model (default: 0)")
     i.add_argument("--output", metavar="NAME|INDEX", default="0",
                    help="which model output to plan for (default: 0)")
     _rule_args(i)
@@ -444,23 +463,20 @@ def _parse_shape(text: str, names: list[str]) -> tuple[str, tuple[int, ...]]:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from lrpir.api import Explainer
+    from lrpir.cli_inputs import load_python_model
     from lrpir.ir import format_graph
 
     _uses_zbox(args)  # reports a bad preset or override before the model is loaded
-    explainer = Explainer(_model_path(args.model), "epsilon", keep_softmax=args.keep_softmax)
-    specs = explainer.source.inputs
-    names = [s.name for s in specs]
-    given = dict(_parse_shape(t, names) for t in args.shapes)
-    zeros = []
-    for spec in specs:
-        if spec.name in given:
-            shape = given[spec.name]
-        elif spec.shape is None:
-            raise InputError(f"input '{spec.name}' declares no shape; give --input-shape "
-                             f"{spec.name}=D0,D1,...")
-        else:
-            shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in spec.shape)
-        zeros.append(np.zeros(shape, dtype=spec.dtype))
+    python_model = load_python_model(args.model)
+    if python_model is None and (args.capture or args.dtypes):
+        raise InputError("--capture and --input-dtype are for a model given as FILE.py:NAME or "
+                         "MODULE:NAME (a torch module or a JAX callable)")
+    model = python_model if python_model is not None else _model_path(args.model)
+    explainer = Explainer(model, "epsilon", capture=args.capture, keep_softmax=args.keep_softmax)
+    if explainer.traced:
+        specs, zeros = _traced_inputs(explainer, args)
+    else:
+        specs, zeros = _declared_inputs(explainer, args)
     explainer = explainer.with_rules(_rules(args, *_shaped_bounds(args, specs, zeros)))
     arrays = explainer._check_inputs(tuple(zeros))
     device = explainer.backend.default_device(arrays)
@@ -483,6 +499,51 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     print()
     print(compiled.plan)
     return 0
+
+
+def _declared_inputs(explainer: Any, args: argparse.Namespace) -> tuple[list, list]:
+    """Zeros of the declared shapes (dynamic dimensions 1 unless --input-shape sets them)."""
+    specs = explainer.source.inputs
+    names = [s.name for s in specs]
+    given = dict(_parse_shape(t, names) for t in args.shapes)
+    zeros = []
+    for spec in specs:
+        if spec.name in given:
+            shape = given[spec.name]
+        elif spec.shape is None:
+            raise InputError(f"input '{spec.name}' declares no shape; give --input-shape "
+                             f"{spec.name}=D0,D1,...")
+        else:
+            shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in spec.shape)
+        zeros.append(np.zeros(shape, dtype=spec.dtype))
+    return specs, zeros
+
+
+def _traced_inputs(explainer: Any, args: argparse.Namespace) -> tuple[list, list]:
+    """A traced model declares no inputs: --input-shape gives each one (by its parameter name),
+    filled with seeded random floats (the autograd route follows the branch they take)."""
+    from lrpir.cli_inputs import traced_arrays
+
+    if not args.shapes:
+        raise InputError(f"{args.model} declares no inputs: give each one with --input-shape "
+                         "NAME=D0,D1,... (NAME as the model's forward/function takes it)")
+    count = len(args.shapes)
+    probe = explainer.input_specs([np.zeros((1,), np.float32)] * count)
+    names = [s.name for s in probe]
+    shapes = dict(_parse_shape(t, names) for t in args.shapes)
+    missing = [n for n in names if n not in shapes]
+    if missing:
+        raise InputError(f"--input-shape: give every input once; missing {', '.join(missing)}")
+    dtypes = dict(_parse_dtype(t) for t in args.dtypes)
+    arrays = traced_arrays(shapes, dtypes, names, args.seed)
+    return explainer.input_specs(arrays), arrays
+
+
+def _parse_dtype(text: str) -> tuple[str, str]:
+    key, sep, dtype = text.partition("=")
+    if not sep or not key or not dtype:
+        raise InputError(f"--input-dtype {text!r}: write NAME=DTYPE (int64, float32, bool, ...)")
+    return key, dtype
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:

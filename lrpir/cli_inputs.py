@@ -242,3 +242,64 @@ def tokenize_texts(tokenizer: Any, texts: list[str], specs: list) -> tuple[dict[
         if name in by_name and name in enc:
             out[name] = np.ascontiguousarray(np.asarray(enc[name]).astype(by_name[name].dtype))
     return out, notes
+
+
+def load_python_model(text: str) -> Any:
+    """``path/to/file.py:NAME`` or ``package.module:NAME``: the object NAME, called first if it is
+    a function or a class (a factory that builds the model). ``None`` if ``text`` names a file."""
+    import importlib
+    import importlib.util
+    import inspect
+    import sys
+
+    where, sep, name = text.rpartition(":")
+    if not sep or not where or not name.isidentifier() or Path(text).exists():
+        return None
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise InputError(f"model '{text}': the file '{where}' does not exist")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(path.resolve().parent))  # the file may import its neighbours
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.pop(0)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise InputError(f"model '{text}': cannot import '{where}': {exc}") from None
+    if not hasattr(module, name):
+        raise InputError(f"model '{text}': '{where}' has no attribute {name!r}")
+    obj = getattr(module, name)
+    if inspect.isclass(obj) or inspect.isfunction(obj):
+        obj = obj()
+    return obj
+
+
+def traced_arrays(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str],
+                  names: list[str], seed: int = 0) -> list[np.ndarray]:
+    """Inputs for a traced model (a torch module, a JAX callable): standard-normal floats (drawn
+    from ``seed``), ones for integers, True for booleans, in ``names`` order."""
+    rng = np.random.default_rng(seed)
+    unknown = sorted(set(dtypes) - set(names))
+    if unknown:
+        raise InputError(f"--input-dtype names {unknown}, which are not inputs of the model; "
+                         f"its inputs: {', '.join(names)}")
+    arrays = []
+    for name in names:
+        try:
+            dtype = np.dtype(dtypes.get(name, "float32"))
+        except TypeError:
+            raise InputError(f"--input-dtype {name}={dtypes[name]}: not a dtype (float32, "
+                             "int64, bool, ...)") from None
+        shape = shapes[name]
+        if dtype.kind == "f":
+            arrays.append(rng.standard_normal(shape).astype(dtype))
+        elif dtype.kind == "b":
+            arrays.append(np.ones(shape, dtype=bool))
+        else:
+            arrays.append(np.ones(shape, dtype=dtype))
+    return arrays

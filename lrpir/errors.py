@@ -19,3 +19,7 @@ class InputError(LrpirError, ValueError):
 
 class RuleError(LrpirError, ValueError):
     """A rule configuration names unknown ops, rules or presets, or misses a parameter."""
+
+
+class LrpirWarning(UserWarning):
+    """Something lrpir chose for you that you may want to choose yourself (a fallback route)."""

@@ -173,7 +173,11 @@ def fuse_affine(graph: Graph) -> int:
                 continue  # the follower broadcasts the output up: not a per-channel affine
             lin.rewrite(scale, shift)
             graph.remove_node(user)
-            graph.replace_uses(out, z)
+            # the linear op now produces the follower's value: a value keeps its meaning through
+            # canonicalisation (a recorded eager value stays valid), only z is gone
+            node.outputs[0], out.producer, z.producer = out, node, None
+            if graph.values.get(z.name) is z:
+                del graph.values[z.name]
             if not node.provenance:
                 node.provenance = user.provenance
             fused += 1

@@ -52,12 +52,22 @@ class Promise:
 
     value: Value
     consumers: list[Node]
-    resolution: str  # "keep" or "recompute"
+    resolution: str  # "keep", "recompute" or "recorded" (taken from a recorded eager pass)
+    sources: list[Value] = field(default_factory=list)  # what a recomputation starts from
+    reason: str = ""  # why a recorded pass could not supply the value
 
     def __str__(self) -> str:
-        users = ", ".join(f"'{n.name}'" for n in self.consumers)
-        how = (f"recompute by {self.value.producer.op} '{self.value.producer.name}'"
-               if self.resolution == "recompute" else "keep from the forward pass")
+        users = ", ".join(f"'{n.name}'" for n in self.consumers) or "the start relevance"
+        if self.resolution == "recorded":
+            how = "recorded in the eager pass"
+        elif self.resolution == "keep":
+            how = "keep from the forward pass"
+        else:
+            how = f"recompute by {self.value.producer.op} '{self.value.producer.name}'"
+            if self.sources:
+                how += " from " + ", ".join(f"%{v.name}" for v in self.sources)
+        if self.reason:
+            how += f" (the eager value was {self.reason})"
         return f"%{self.value.name} for {users}: {how}"
 
 
@@ -73,6 +83,7 @@ class Plan:
     promises: list[Promise]
     key: str
     assignments: list[Assignment] = field(default_factory=list)
+    supplied: tuple[str, ...] = ()  # values the caller feeds from a recorded pass, by name
 
     def __str__(self) -> str:
         lines = [f"plan {self.key[:12]} ({self.mode} mode): explain %{self.explained.name}",
@@ -105,7 +116,14 @@ def graph_key(graph: Graph, explained: Value, extra: str = "") -> str:
 
 
 def schedule(graph: Graph, explained: Value, assignments: list[Assignment], mode: str,
-             extra_key: str = "") -> Plan:
+             extra_key: str = "", supplied: set[str] | None = None,
+             lost: dict[str, str] | None = None) -> Plan:
+    """The plan for these rule assignments. With ``supplied`` (the names of values a recorded
+    eager pass provides), the forward steps compute only what a rule needs and the recording
+    lost, from the nearest supplied ancestors; ``lost`` says why each value was lost."""
+    if supplied is not None:
+        return _schedule_supplied(graph, explained, assignments, mode, extra_key, supplied,
+                                  lost or {})
     forward_nodes = graph.ancestors([explained])
     graph_inputs = {id(v) for v in graph.inputs}
 
@@ -136,15 +154,22 @@ def schedule(graph: Graph, explained: Value, assignments: list[Assignment], mode
                 kept.add(id(v))
                 promises.append(Promise(v, needers[id(v)], "keep"))
 
-    # Forward steps, freeing each value after its last forward use unless it is kept.
+    forward = _forward_steps(forward_nodes, kept | graph_inputs | {id(explained)})
+
+    backward = _relevance_steps(assignments, values, recompute, graph_inputs, explained)
+    key = graph_key(graph, explained, f"{mode};{extra_key}")
+    return Plan(graph, explained, mode, forward, backward, promises, key, assignments)
+
+
+def _forward_steps(nodes: list[Node], persistent: set[int]) -> list[Step]:
+    """Forward steps, freeing each value after its last forward use unless it is persistent."""
     last_use: dict[int, int] = {}
-    for i, node in enumerate(forward_nodes):
+    for i, node in enumerate(nodes):
         for v in node.inputs:
             if v is not None and not v.is_static:
                 last_use[id(v)] = i
     forward: list[Step] = []
-    persistent = kept | graph_inputs | {id(explained)}
-    for i, node in enumerate(forward_nodes):
+    for i, node in enumerate(nodes):
         forward.append(Step("forward", node))
         dead = [v for v in node.inputs if v is not None and not v.is_static
                 and last_use.get(id(v)) == i and id(v) not in persistent]
@@ -152,8 +177,13 @@ def schedule(graph: Graph, explained: Value, assignments: list[Assignment], mode
         dead = list({id(v): v for v in dead}.values())
         if dead:
             forward.append(Step("free", values=tuple(dead)))
+    return forward
 
-    # Relevance steps in reverse order; recompute just before first use; free after last use.
+
+def _relevance_steps(assignments: list[Assignment], values: dict[int, Value],
+                     recompute: dict[int, Value], graph_inputs: set[int],
+                     explained: Value) -> list[Step]:
+    """Relevance steps in reverse order; recompute just before first use; free after last use."""
     order = list(reversed(assignments))
     last_read: dict[int, int] = {}
     first_read: dict[int, int] = {}
@@ -181,5 +211,66 @@ def schedule(graph: Graph, explained: Value, assignments: list[Assignment], mode
         backward.append(Step("relevance", a.node, a))
         if dead_at.get(k):
             backward.append(Step("free", values=tuple(dead_at[k])))
-    key = graph_key(graph, explained, f"{mode};{extra_key}")
-    return Plan(graph, explained, mode, forward, backward, promises, key, assignments)
+    return backward
+
+
+def _schedule_supplied(graph: Graph, explained: Value, assignments: list[Assignment], mode: str,
+                       extra_key: str, supplied: set[str], lost: dict[str, str]) -> Plan:
+    graph_inputs = {id(v) for v in graph.inputs}
+    values: dict[int, Value] = {id(explained): explained}
+    needers: dict[int, list[Node]] = {id(explained): []}
+    for a in assignments:
+        for v in _needed(a):
+            needers.setdefault(id(v), []).append(a.node)
+            values[id(v)] = v
+
+    def available(v: Value | None) -> bool:
+        return v is None or v.is_static or id(v) in graph_inputs or v.name in supplied
+
+    # the nodes to run: producers of what is needed and not supplied, back to supplied values
+    required: set[int] = set()
+    pending = [v for v in values.values() if not available(v)]
+    while pending:
+        v = pending.pop()
+        node = v.producer
+        if node is None or id(node) in required:
+            continue
+        required.add(id(node))
+        pending += [u for u in node.inputs if not available(u)]
+    forward_nodes = [n for n in graph.ancestors([explained, *values.values()])
+                     if id(n) in required]
+
+    promises: list[Promise] = []
+    fed: list[str] = []
+    for v in values.values():
+        if not needers[id(v)] and v is not explained:
+            continue
+        if available(v):
+            if v.name in supplied:
+                fed.append(v.name)
+            if id(v) not in graph_inputs:
+                promises.append(Promise(v, needers[id(v)], "recorded"))
+            continue
+        chain, sources, stack = set(), {}, [v]
+        while stack:
+            u = stack.pop()
+            if u.producer is None or id(u.producer) in chain:
+                continue
+            chain.add(id(u.producer))
+            for w in u.producer.inputs:
+                if w is None or w.is_static:
+                    continue
+                if available(w):
+                    sources[id(w)] = w
+                else:
+                    stack.append(w)
+        promises.append(Promise(v, needers[id(v)], "recompute", list(sources.values()),
+                                lost.get(v.name, "")))
+        fed += [w.name for w in sources.values() if w.name in supplied]
+    fed = sorted(set(fed))
+
+    forward = _forward_steps(forward_nodes, set(values) | graph_inputs)
+    backward = _relevance_steps(assignments, values, {}, graph_inputs, explained)
+    key = graph_key(graph, explained, f"{mode};{extra_key};supplied={','.join(fed)}")
+    return Plan(graph, explained, mode, forward, backward, promises, key, assignments,
+                tuple(fed))

@@ -71,3 +71,10 @@ def zoo():
 def lrp_ref():
     """``tests/lrp_reference.py``: the float64 matrix-form LRP oracle (loaded by path)."""
     return _load("lrp_reference")
+
+
+@pytest.fixture(scope="session")
+def torch_models():
+    """``tests/torch_models.py``: small torch modules the torch-route tests share."""
+    pytest.importorskip("torch")
+    return _load("torch_models")

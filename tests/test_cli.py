@@ -415,6 +415,56 @@ def test_inspect_errors(cnn, capsys):
         assert code == 2 and err.startswith("lrpir: error: ") and needle in err, err
 
 
+_TORCH_NET = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(6, 8)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x, ids):
+        return self.fc2(self.act(self.fc1(x))) + ids.float()
+
+
+def build():
+    torch.manual_seed(0)
+    return Net().eval()
+"""
+
+
+def test_inspect_a_torch_module_shows_its_promises(tmp_path, capsys):
+    pytest.importorskip("torch")
+    (tmp_path / "net.py").write_text(_TORCH_NET)
+    model = f"{tmp_path / 'net.py'}:build"
+    code, out, err = _run(capsys, "inspect", model, "--input-shape", "x=2,6",
+                          "--input-shape", "ids=2,3", "--input-dtype", "ids=int64",
+                          "--capture", "autograd")
+    assert code == 0, err
+    assert "x[2×6 float32 I]" in out and "ids[2×3 int64 I]" in out
+    promises = out[out.index("promises:"):out.index("relevance:")]
+    assert "recorded in the eager pass" in promises
+    assert ("recompute by Gemm 'addmm_default' from %x (the eager value was overwritten in "
+            "place by aten.relu_.default in 'act')") in promises
+    code, out, err = _run(capsys, "inspect", model, "--input-shape", "x=2,6",
+                          "--input-shape", "ids=2,3", "--input-dtype", "ids=int64")
+    assert code == 0 and "recorded in the eager pass" not in out, err  # the export route
+    for extra, needle in [(["--input-shape", "x=2,6"], "also needs ids"),
+                          (["--input-shape", "x=2,6", "--input-shape", "y=2,3"], "no input named 'y'"),
+                          (["--input-shape", "x=2,6", "--input-shape", "ids=2,3",
+                            "--input-dtype", "z=int64"], "not inputs of the model")]:
+        code, _, err = _run(capsys, "inspect", model, *extra)
+        assert code == 2 and needle in err, err
+    code, _, err = _run(capsys, "inspect", f"{tmp_path / 'net.py'}:nope")
+    assert code == 2 and "has no attribute 'nope'" in err
+    code, _, err = _run(capsys, "inspect", f"{tmp_path / 'gone.py'}:build")
+    assert code == 2 and "does not exist" in err
+
+
 def test_no_command_is_a_usage_error(capsys):
     code, _, err = _run(capsys)
     assert code == 2 and "lrpir: error:" in err

@@ -69,6 +69,39 @@ def test_a_cuda_module_explained_directly_equals_its_cpu_twin():
                                atol=1e-5 * scale)
 
 
+def test_the_autograd_route_on_cuda_equals_the_cpu(torch_models):
+    """The recorded eager pass runs on the module's device; the fused attention kernel CUDA picks
+    (flash, memory-efficient or cuDNN) is lowered into its parts like the CPU one."""
+    torch.manual_seed(0)
+    cnn = torch_models.ResidualCNN().eval()
+    x = torch.randn(4, 3, 8, 8)
+    on_cpu = lrpir.explain(cnn, x, capture="autograd")
+    on_gpu = lrpir.explain(cnn.cuda(), x.cuda(), capture="autograd")
+    scale = np.abs(on_cpu.relevance[0]).max()
+    np.testing.assert_allclose(on_gpu.relevance[0], on_cpu.relevance[0], rtol=1e-5,
+                               atol=1e-5 * scale)
+
+    class Attention(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = torch.nn.Linear(64, 192)
+            self.out = torch.nn.Linear(64, 3)
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q, k, v = self.qkv(x).view(b, t, 3, 4, 16).permute(2, 0, 3, 1, 4)
+            a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.out(a.transpose(1, 2).reshape(b, t, 64)).mean(1)
+
+    att = Attention().eval()
+    tokens = torch.randn(2, 16, 64)
+    want = lrpir.explain(att, tokens, rules="attnlrp", capture="autograd").relevance[0]
+    got = lrpir.explain(att.cuda(), tokens.cuda(), rules="attnlrp",
+                        capture="autograd")
+    np.testing.assert_allclose(got.relevance[0], want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+    assert got.plan.graph.op_counts()["Softmax"] == 1
+
+
 def test_jax_backend_on_the_gpu_equals_torch(onnx_export):
     """The JAX backend, jit-compiled, on JAX's GPU (when jaxlib has CUDA) equals the torch backend."""
     jax = pytest.importorskip("jax")
