@@ -161,11 +161,9 @@ def _index(L: Lowering, a: dict) -> Value:
     over the indexed axes moved to the front (the broadcast index dims land where torch puts them)."""
     x = a["self"]
     rank = len(L.shape(x))
-    indices = list(a["indices"]) + [None] * (rank - len(a["indices"]))
+    indices = _mask_positions(L, list(a["indices"]))
+    indices += [None] * (rank - len(indices))
     picked = [(d, t) for d, t in enumerate(indices) if t is not None]
-    if any(t.dtype == np.bool_ for _, t in picked):
-        raise UnsupportedOpError(f"{L.here()}: indexing with a boolean mask gives a data-dependent "
-                                 "shape; use torch.where instead")
     if len(picked) == 1:
         d, t = picked[0]
         return L.emit("Gather", [x, L.cast(t, np.int64)], {"axis": d}, dtype=x.dtype)
@@ -189,6 +187,23 @@ def _index(L: Lowering, a: dict) -> Value:
     lead = list(range(nb, nb + dims[0]))
     perm = lead + list(range(nb)) + list(range(nb + dims[0], nb + len(rest)))
     return L.emit("Transpose", [out], {"perm": perm}, dtype=x.dtype)
+
+
+def _mask_positions(L: Lowering, indices: list) -> list:
+    """A boolean mask known when lowering (the autograd route records the mask of each call as
+    a constant) becomes the integer positions of its True entries, one index per masked axis; a
+    mask computed at run time gives a data-dependent shape and is refused."""
+    out: list = []
+    for t in indices:
+        if t is None or t.dtype != np.bool_:
+            out.append(t)
+        elif t.is_static:
+            out += [L.const(np.asarray(p, dtype=np.int64)) for p in np.nonzero(t.data)]
+        else:
+            raise UnsupportedOpError(f"{L.here()}: indexing with a boolean mask gives a "
+                                     "data-dependent shape; use torch.where instead, or "
+                                     "capture='autograd', which records each call's mask")
+    return out
 
 
 def _split(L: Lowering, x: Value, sizes: list[int], dim: int) -> list[Value]:

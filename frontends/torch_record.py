@@ -11,13 +11,15 @@ first reads it, which is constant folding at record time.
 In-place ops are recorded as their functional twins (``relu_`` as ``relu``) and the written tensor
 is re-bound to the new node, so the graph is SSA. The value the write destroyed cannot be read from
 the eager pass any more: it is *lost*, and a rule that needs it gets a promise the scheduler
-resolves by recomputation. Writes through a view of an input-dependent tensor are refused with
-an error naming the op: the graph would not say which part of the base changed.
+resolves by recomputation. A write into a view that is a block of its base (``h[:, 0] = 0``)
+also writes the base: recorded as ``slice_scatter`` ops that put the new block into the base's old
+value. Writes into strided or transposed views are refused with an error naming the op.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import operator
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +37,12 @@ _NOT_RECORDED = {  # metadata and control: nothing to compute in the graph
     "aten._assert_async.msg", "aten._assert_async.default", "aten._assert_tensor_metadata.default",
     "aten.set_.source_Storage_storage_offset", "aten.record_stream.default",
 }
+
+
+# ops that index with a boolean mask: a mask that depends on the input is read as this call's
+# constant (the shape it gives depends on its values)
+_MASK_INDEXED = {"aten.index.Tensor", "aten.index_put.default", "aten.index_put_.default",
+                 "aten._index_put_impl_.default"}
 
 
 @dataclass
@@ -95,6 +103,7 @@ class Recorder(TorchDispatchMode):
         self.graph = torch.fx.Graph()
         self.bound: WeakIdKeyDictionary = WeakIdKeyDictionary()      # tensor → Binding
         self.snapshots: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor → (node, version)
+        self.produced: WeakIdKeyDictionary = WeakIdKeyDictionary()   # tensors this pass made
         self.origin: WeakIdKeyDictionary = WeakIdKeyDictionary()  # derived static → weight names
         self.derived: dict[str, torch.Tensor] = {}  # static placeholder → its tensor, with history
         self.names: dict[int, tuple[str, bool]] = {}  # id(parameter or buffer) → (name, is param)
@@ -180,8 +189,14 @@ class Recorder(TorchDispatchMode):
         kwargs = kwargs or {}
         name = str(func)
         flat, _ = tree_flatten((args, kwargs))
+        for t in flat:
+            if isinstance(t, torch.Tensor):
+                self._note_external(t)
         if name in _NOT_RECORDED or not any(self.depends(t) for t in flat):
-            return self._static_op(func, args, kwargs, flat)
+            out = self._static_op(func, args, kwargs, flat)
+            if name in _NOT_RECORDED and any(self.depends(t) for t in flat):
+                self.hash.update(f"{name}={out!r};".encode())  # x.item() steers the pass
+            return out
         self.op = name
         written = _written(func)
         target = func
@@ -196,19 +211,17 @@ class Recorder(TorchDispatchMode):
             decomposed = self._decompose(func, args, kwargs)
             if decomposed is not NotImplemented:
                 return decomposed
+        masks = {id(t) for t in flat if isinstance(t, torch.Tensor) and t.dtype == torch.bool
+                 and self.depends(t)} if name in _MASK_INDEXED else set()
         fx_args, fx_kwargs = tree_map(
-            lambda x: self.node_for(x) if isinstance(x, torch.Tensor) else x, (args, kwargs))
+            lambda x: (self._per_call(x) if id(x) in masks else self.node_for(x))
+            if isinstance(x, torch.Tensor) else x, (args, kwargs))
+        bases = self._written_bases(func, args, kwargs) if written else []
         self._protect(func, args, kwargs)
         out = func(*args, **kwargs)
-        node = self.graph.call_function(target, tuple(fx_args), dict(fx_kwargs))
-        node.meta["val"] = _meta(out)
-        path = self.paths[-1] if self.paths else ""
-        if path:
-            node.meta["nn_module_stack"] = {"recorded": (path, "")}
-        self.hash.update(f"{name}{_signature(fx_args)}{_signature(fx_kwargs)}"
-                         f"->{_signature(node.meta['val'])}@{path};".encode())
+        node = self._emit(target, tuple(fx_args), dict(fx_kwargs), out, name)
         if written:
-            self._rebind_written(func, args, kwargs, node, out)
+            self._rebind_written(func, args, kwargs, node, bases)
             return out
         # a view's output shares its base's version counter, but only once ADInplaceOrView
         # (above this mode) has made it a view: until then it counts from 0
@@ -256,6 +269,9 @@ class Recorder(TorchDispatchMode):
         source, so a transposed weight keeps its parameter's name)."""
         self._protect(func, args, kwargs)
         out = func(*args, **kwargs)
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.produced[t] = True
         names: list[str] = []
         for t in flat:
             if isinstance(t, torch.Tensor):
@@ -291,18 +307,93 @@ class Recorder(TorchDispatchMode):
     def _module_text(self) -> str:
         return f"in '{self.paths[-1]}'" if self.paths and self.paths[-1] else ""
 
-    def _rebind_written(self, func: Any, args: tuple, kwargs: dict, node: torch.fx.Node,
-                        out: Any) -> None:
+    def _note_external(self, t: torch.Tensor) -> None:
+        """A tensor no op of this pass made, that is no parameter or buffer (a tensor made with
+        numpy, a closure's constant) may differ between calls: its bits key the recording."""
+        if t in self.produced or id(t) in self.names or t in self.bound:
+            return
+        self.produced[t] = True
+        data = t.detach()
+        if data.device.type == "meta":
+            return
+        if data.dtype == torch.bfloat16:
+            data = data.float()
+        try:
+            self.hash.update(b"external" + data.cpu().contiguous().numpy().tobytes())
+        except (TypeError, RuntimeError):  # a dtype numpy lacks: its shape at least
+            self.hash.update(f"external {tuple(t.shape)} {t.dtype};".encode())
+
+    def _per_call(self, t: torch.Tensor) -> torch.fx.Node:
+        """A boolean mask that depends on the input, read as this call's constant: it selects
+        the entries this call explains (masks carry no relevance). Its bits key the recording,
+        so a call with another mask gets its own graph."""
+        value = t.detach().clone()
+        self.hash.update(b"mask" + value.cpu().numpy().tobytes())
+        return self._static(value, "mask", False)
+
+    def _emit(self, target: Any, args: tuple, kwargs: dict, value: Any, name: str) -> torch.fx.Node:
+        """One recorded op: its FX node, with the value's shape and dtype and the module path."""
+        node = self.graph.call_function(target, args, kwargs)
+        node.meta["val"] = _meta(value)
+        path = self.paths[-1] if self.paths else ""
+        if path:
+            node.meta["nn_module_stack"] = {"recorded": (path, "")}
+        self.hash.update(f"{name}{_signature(args)}{_signature(kwargs)}"
+                         f"->{_signature(node.meta['val'])}@{path};".encode())
+        return node
+
+    def _written_args(self, func: Any, args: tuple, kwargs: dict) -> list[torch.Tensor]:
         schema = func._schema.arguments
         values = list(args) + [kwargs.get(schema[i].name) for i in range(len(args), len(schema))]
-        for i in _written(func):
-            t = values[i]
-            if t._is_view() and t._base is not None and self.depends(t._base):
+        return [values[i] for i in _written(func) if isinstance(values[i], torch.Tensor)]
+
+    def _written_bases(self, func: Any, args: tuple, kwargs: dict) -> list[Any]:
+        """For each written tensor that is a view: its base's node before the write, and where
+        in the base the view sits (``None`` for a tensor that is not a view)."""
+        out = []
+        for t in self._written_args(func, args, kwargs):
+            base = t._base if t._is_view() else None
+            if base is None:
+                out.append(None)
+                continue
+            box = view_box(t, base)
+            if box is None:
                 raise UnsupportedOpError(
-                    f"{self.here()}: an in-place write into a view of an input-dependent tensor "
-                    "(x[...] = y, x[...] += y) cannot be recorded. Build the tensor out of place "
-                    "(torch.cat, torch.where), or use capture='export'.")
+                    f"{self.here()}: an in-place write into a view that is not a block of its "
+                    "base (a strided or transposed view) cannot be recorded. Build the tensor out "
+                    "of place (torch.cat, torch.where), or use capture='export'.")
+            out.append((base, self.node_for(base), box))
+        return out
+
+    def _rebind_written(self, func: Any, args: tuple, kwargs: dict, node: torch.fx.Node,
+                        bases: list[Any]) -> None:
+        """The written tensor becomes the op's result; a written view also writes its base,
+        recorded as slice_scatter ops that put the new block into the base's old value."""
+        for t, base in zip(self._written_args(func, args, kwargs), bases):
             self.bind(t, node, pending=1)  # ADInplaceOrView bumps the version after this mode
+            if base is None:
+                continue
+            b, before, box = base
+            block = [stop - start for _, start, stop in box]
+            value = self._emit(torch.ops.aten.view.default, (node, block), {},
+                               torch.empty(block, dtype=t.dtype, device="meta"), "view")
+            cuts = [(d, start, stop) for d, start, stop in box if stop - start != b.shape[d]]
+            after = self._scatter(before, tuple(b.shape), b.dtype, value, cuts)
+            self.bind(b, after, pending=1)
+
+    def _scatter(self, base: torch.fx.Node, shape: tuple, dtype: Any, value: torch.fx.Node,
+                 cuts: list[tuple[int, int, int]]) -> torch.fx.Node:
+        """``base`` with the block ``cuts`` (dim, start, stop) replaced by ``value``."""
+        if not cuts:
+            return value
+        (d, start, stop), rest = cuts[0], cuts[1:]
+        inner = shape[:d] + (stop - start,) + shape[d + 1:]
+        meta = torch.empty(inner, dtype=dtype, device="meta")
+        part = self._emit(torch.ops.aten.slice.Tensor, (base, d, start, stop, 1), {}, meta, "slice")
+        part = self._scatter(part, inner, dtype, value, rest)
+        whole = torch.empty(shape, dtype=dtype, device="meta")
+        return self._emit(torch.ops.aten.slice_scatter.default, (base, part, d, start, stop, 1), {},
+                          whole, "slice_scatter")
 
     def _decompose(self, func: Any, args: tuple, kwargs: dict) -> Any:
         """An op with no lowering but with a decomposition runs as that decomposition (recorded
@@ -318,6 +409,35 @@ class Recorder(TorchDispatchMode):
             return NotImplemented
         with self:
             return table[func](*args, **kwargs)
+
+
+def view_box(t: torch.Tensor, base: torch.Tensor) -> list[tuple[int, int, int]] | None:
+    """Where the view ``t`` sits in ``base``, as (dim, start, stop) for every dim of the base,
+    when it is a block of a contiguous base (``x[:, 0]``, ``x[..., 2:5]``); ``None`` otherwise
+    (a strided, transposed or overlapping view)."""
+    if not base.is_contiguous() or t.dtype != base.dtype:
+        return None
+    shape, strides = tuple(base.shape), base.stride()
+    offset = t.storage_offset() - base.storage_offset()
+    starts = []
+    for size, stride in zip(shape, strides):
+        start = 0 if size == 1 else offset // stride
+        offset -= start * stride
+        starts.append(start)
+    if offset != 0:
+        return None
+    extents, last = [1] * len(shape), -1
+    for size, stride in zip(t.shape, t.stride()):
+        if size == 1:
+            continue
+        d = next((d for d in range(last + 1, len(shape)) if strides[d] == stride
+                  and shape[d] > 1), None)
+        if d is None:
+            return None
+        extents[d], last = size, d
+    if any(s + e > n for s, e, n in zip(starts, extents, shape)) or t.numel() != math.prod(extents):
+        return None
+    return [(d, s, s + e) for d, (s, e) in enumerate(zip(starts, extents))]
 
 
 def _storage(t: torch.Tensor) -> int:

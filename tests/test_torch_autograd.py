@@ -197,6 +197,71 @@ def test_data_dependent_branch_falls_back_to_autograd_with_a_warning():
     assert len(explainer._cache) == 2
 
 
+class Masked(nn.Module):
+    """Boolean-mask indexing: the selected entries, and so the shape, depend on the values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.fc(x))
+        keep = h.sum(1) > h.sum(1).mean()          # the rows above the mean
+        return self.head(h[keep]).sum(0, keepdim=True)
+
+
+def test_a_boolean_mask_is_read_per_call():
+    torch.manual_seed(9)
+    model = Masked().eval()
+    gen = torch.Generator().manual_seed(3)
+    with pytest.raises(UnsupportedOpError, match="boolean mask.*capture='autograd'"):
+        lrpir.explain(model, torch.randn(6, 4), capture="export")
+    explainer = lrpir.Explainer(model, LRP0, capture="autograd")
+    for _ in range(3):
+        x = torch.randn(6, 4, generator=gen)
+        exp = explainer(x)
+        xr = x.clone().requires_grad_(True)
+        y = model(xr)
+        y[0, y[0].argmax()].backward()
+        assert _rel(exp.relevance[0], (xr.grad * x).numpy()) <= 1e-5
+        assert (exp.relevance[0][(xr.grad == 0).all(1)] == 0).all()  # rows not kept get none
+    assert len(explainer._cache) == 3  # each call's mask keys its own graph
+
+
+class Steered(nn.Module):
+    """A constant made from the input's values outside the graph (a Python scalar from
+    ``.item()`` times an array made with numpy) scales the input; the scaled input is then
+    overwritten, so the plan must recompute it from that constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        signs = torch.from_numpy((x.detach().numpy().sum(0) > 0).astype(np.float32) + 1.0)
+        scale = torch.full((4,), float(x.abs().max().item())) * signs
+        g = x * scale
+        y = self.fc(g)
+        g.zero_()
+        return y
+
+
+def test_constants_made_from_the_input_key_their_own_graph():
+    torch.manual_seed(10)
+    model = Steered().eval()
+    explainer = lrpir.Explainer(model, LRP0, capture="autograd")
+    base = torch.randn(3, 4, generator=torch.Generator().manual_seed(4))
+    # -x has x's scalar but other signs (only the numpy part differs); 2x another scalar
+    for call, x in enumerate([base, -base, 2 * base]):
+        exp = explainer(x)
+        scale = x.abs().max().item() * ((x.sum(0) > 0).float() + 1).numpy()
+        want = scale * model.fc.weight.detach().numpy()[exp.output.argmax(1)] * x.numpy()
+        assert _rel(exp.relevance[0], want) <= 1e-5, f"call {call}"
+        assert any(p.resolution == "recompute" for p in exp.plan.promises)
+    assert len(explainer._cache) == 3
+
+
 # -- promises ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("rules", ["epsilon", "epsilon-plus", "gradient-x-input"])
 def test_values_overwritten_in_place_are_recomputed(rules):
@@ -261,19 +326,50 @@ def test_a_constant_written_after_it_was_read_keeps_each_value():
     assert _rel(twice.relevance[0], exp.relevance[0]) <= 1e-5
 
 
-def test_writes_through_a_view_are_refused_with_the_op_and_module():
-    class ViewWrite(nn.Module):
+class ViewWrites(nn.Module):
+    """Writes into views: of an activation, of a buffer built inside forward, in place ops on a
+    slice; torch.export functionalises them, and so must the recording."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x):
+        h = self.fc(x)
+        h[:, 0] = 0.0                    # fill_ into a select view of an activation
+        h[..., 2:4] *= 2.0               # mul_ into a slice view
+        out = torch.zeros(x.shape[0], 2, 6)
+        out[:, 0] = torch.relu(h)        # copy_ into a view of a constant buffer
+        out[:, 1] += h                   # add_ into another view of it
+        return self.head(out.flatten(1))
+
+
+def test_writes_through_views_are_recorded_as_scatters():
+    torch.manual_seed(8)
+    model = ViewWrites().eval()
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(2))
+    exp = lrpir.explain(model, x, rules=LRP0, capture="autograd")
+    np.testing.assert_allclose(exp.output, model(x).detach().numpy(), rtol=1e-6)
+    assert _rel(exp.relevance[0], _gxi(model, x)) <= 1e-5
+    exported = lrpir.explain(model, x, rules="epsilon", capture="export")
+    recorded = lrpir.explain(model, x, rules="epsilon", capture="autograd")
+    assert _rel(recorded.relevance[0], exported.relevance[0]) <= 1e-5
+
+
+def test_a_strided_view_write_is_refused_with_the_op_and_module():
+    class Strided(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.fc = nn.Linear(4, 4)
 
         def forward(self, x):
             h = self.fc(x)
-            h[:, 0] = 0.0
+            h[:, ::2] = 0.0
             return h
 
-    with pytest.raises(UnsupportedOpError, match=r"aten\.fill_.*in-place write into a view"):
-        lrpir.explain(ViewWrite().eval(), torch.randn(2, 4), capture="autograd")
+    with pytest.raises(UnsupportedOpError, match=r"aten\.fill_.*a view that is not a block"):
+        lrpir.explain(Strided().eval(), torch.randn(2, 4), capture="autograd")
 
 
 # -- fused attention ---------------------------------------------------------------------------
