@@ -137,6 +137,46 @@ def test_matmul_bias_on_3d_input_becomes_lrpir_matmuladd_runnable_in_onnxruntime
     np.testing.assert_allclose(run_ort(to_onnx(graph), {"x": x})[0], x @ w + b, rtol=1e-5)
 
 
+@pytest.mark.parametrize("heads", [False, True])
+def test_a_linear_layer_on_a_flattened_view_is_unflattened(heads):
+    """Reshape → Gemm (transB, alpha, bias) → Reshape, as torch runs nn.Linear below autograd
+    (and as an exporter writes it after merging attention heads): one MatMulAdd on the (B, T, K)
+    input, computing what the chain computed."""
+    w = rng.normal(size=(5, 8)).astype(np.float32)
+    b = rng.normal(size=5).astype(np.float32)
+    shape = [2, 3, 2, 4] if heads else [2, 3, 8]
+    proto = make_model(
+        [helper.make_node("Reshape", ["x", "flat"], ["f"]),
+         helper.make_node("Gemm", ["f", "w", "b"], ["g"], transB=1, alpha=0.5, beta=2.0),
+         helper.make_node("Reshape", ["g", "back"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 5])],
+        [tensor("w", w), tensor("b", b), tensor("flat", np.array([6, 8], np.int64)),
+         tensor("back", np.array([2, 3, 5], np.int64))])
+    graph, report = lowered(proto, tuple(shape))
+    assert report.unflattened == 1
+    ops = [n.op for n in graph.nodes]
+    assert ops == (["Reshape", "lrpir::MatMulAdd"] if heads else ["lrpir::MatMulAdd"])
+    assert graph.nodes[-1].inputs[0].shape == (2, 3, 8)
+    x = rng.normal(size=shape).astype(np.float32)
+    np.testing.assert_allclose(run_ort(to_onnx(graph), {"x": x})[0], run_ort(proto, {"x": x})[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_a_flattened_matmul_that_mixes_rows_is_left_alone():
+    """Flattening (2, 3, 8) to (3, 16) is not a batch of rows: nothing to unflatten."""
+    proto = make_model(
+        [helper.make_node("Reshape", ["x", "flat"], ["f"]),
+         helper.make_node("MatMul", ["f", "w"], ["g"]),
+         helper.make_node("Reshape", ["g", "back"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 5, 1])],
+        [tensor("w", rng.normal(size=(16, 5)).astype(np.float32)),
+         tensor("flat", np.array([3, 16], np.int64)), tensor("back", np.array([3, 5, 1], np.int64))])
+    graph, report = lowered(proto, (2, 3, 8))
+    assert report.unflattened == 0 and [n.op for n in graph.nodes] == ["Reshape", "MatMul", "Reshape"]
+
+
 def test_roles_and_printer():
     proto = conv_bn_chain(False)
     graph, _ = lowered(proto, (2, 3, 6, 6))
