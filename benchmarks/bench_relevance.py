@@ -7,7 +7,8 @@
 ``--route export`` explains the torch module itself (torch.export) instead of its ONNX export;
 ``--route autograd`` explains the module through its recorded eager pass (every call runs the
 module once under the recorder; the bare plan time includes that recording, since each call needs
-it);
+it) and reports its activation memory: what the recording holds, what the plan reads of it, and
+what autograd saves for a gradient pass;
 ``--backend jax`` runs the ONNX export on the JAX backend with ``jit=True`` and compares it with
 ``jax.grad`` of the same graph's forward (both XLA-compiled), on JAX's default device.
 
@@ -145,7 +146,46 @@ def bench(name: str, batch: int, reps: int, device: str, presets: list[str],
                      "ratio_plan_to_gradient": round(bare / grad, 3),
                      "inputs_over_start": float(np.mean(exp.conservation.ratio)),
                      "ops": len(compiled.graph.nodes)})
+        if route == "autograd":
+            rows[-1].update(recording_memory(model, xd, preset))
     return rows
+
+
+def _megabytes(tensors) -> float:
+    """The bytes of the distinct storages behind ``tensors`` (views counted once), in MiB."""
+    sizes = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return round(sum(sizes.values()) / 2**20, 1)
+
+
+def recording_memory(model, x, preset: str) -> dict:
+    """Activation memory of the autograd route against a gradient pass: what the recording holds
+    at the end of the eager pass, what the plan reads of it, and what autograd saves for a
+    gradient (weights excluded)."""
+    from lrpir.frontends.torch_record import record
+
+    rec = record(model, [x], ["x"], type(model).__name__)
+    explainer = lrpir.compile(model, x, rules=_rules(preset), capture="autograd")
+    fed = explainer._prepare([x], 0, x.device)[1]
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    y = model(x.detach().clone().requires_grad_(True))
+    saved, stack, seen = [], [y.grad_fn], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        for attr in dir(fn):
+            if attr.startswith("_saved_"):
+                try:
+                    v = getattr(fn, attr)
+                except RuntimeError:
+                    continue
+                if isinstance(v, torch.Tensor) and v.numel() and \
+                        v.untyped_storage().data_ptr() not in weights:
+                    saved.append(v)
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return {"recorded_mb": _megabytes(rec.kept.values()), "plan_reads_mb": _megabytes(fed.values()),
+            "gradient_saves_mb": _megabytes(saved)}
 
 
 class SentenceEmbedding(torch.nn.Module):

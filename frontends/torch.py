@@ -1,10 +1,12 @@
-"""Torch frontend: a ``torch.nn.Module`` captured with ``torch.export`` and lowered into the IR.
+"""Torch frontend: a ``torch.nn.Module`` captured with ``torch.export`` or by recording its eager
+pass, and lowered into the IR.
 
 A module declares no input shapes of its own, so its source is *traced*: input names come from
-``forward``'s signature, and the graph is exported and lowered for the shapes and dtypes of each
-call (see ``torch_export.py`` for capture, ``torch_lower.py`` and the ``torch_aten*`` tables for
-lowering). lrpir explains a module in inference mode and never changes it: a module in training
-mode is an error, not something lrpir switches for you.
+``forward``'s signature. On the export route the graph is exported and lowered for the shapes and
+dtypes of each call (``torch_export.py``); on the autograd route each call's eager pass is
+recorded (``torch_record.py``, ``torch_autograd.py``). Both lower with ``torch_lower.py`` and the
+``torch_aten*`` tables. lrpir explains a module in inference mode and never changes it: a module in
+training mode is an error, not something lrpir switches for you.
 """
 
 from __future__ import annotations

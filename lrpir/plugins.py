@@ -51,7 +51,8 @@ class Frontend(Protocol):
     Frontends of traced models also provide ``input_specs(source, shapes, dtypes)`` and take
     ``lower(source, shapes, dtypes)``; one that reads torch modules lists its routes in
     ``captures`` and takes ``load(model, capture=...)``. A frontend with ``catch_all = True``
-    (any callable) is asked last.
+    (any callable) is asked last. One whose graph depends on each call's values provides
+    ``record(source, values, shapes, dtypes)`` (see ``docs/plugins.md``, "Recorded models").
     """
 
     name: str
