@@ -39,6 +39,43 @@ def check_eval(module: Any) -> None:
                 "in inference mode and does not change your module: call model.eval() first")
 
 
+def weights_state(module: Any) -> tuple:
+    """Which tensors hold the module's weights and how often each was written. It changes when a
+    weight is updated in place (an optimiser step, ``load_state_dict``) or replaced, so an
+    explainer can tell that the plans it built from the old weights are stale."""
+    from torch.nn.parameter import is_lazy
+
+    state = []
+    for t in [*module.parameters(), *module.buffers()]:
+        if is_lazy(t):  # a lazy module's weight before its first call: no data yet
+            state.append((id(t), 0, -1))
+            continue
+        try:
+            version = t._version
+        except RuntimeError:  # an inference tensor has no version counter
+            version = -1
+        state.append((id(t), t.data_ptr(), version))
+    return tuple(state)
+
+
+def dtype_advice(module: Any, dtypes: list[str]) -> str:
+    """Why a module may fail on inputs of these dtypes (names: ``"float64"``): float inputs of
+    another dtype than its float weights, such as float64 arrays for a float32 model. Empty when
+    they agree; bfloat16 counts as float32, as it does for inputs."""
+    def floats(names: Any) -> set[str]:
+        return {n.replace("bfloat16", "float32") for n in names if "float" in n}
+
+    weights = floats(str(t.dtype).removeprefix("torch.")
+                     for t in [*module.parameters(), *module.buffers()])
+    given = sorted(floats(dtypes))
+    if len(weights) != 1 or not given or set(given) <= weights:
+        return ""
+    (want,) = weights
+    return (f"The float inputs are {', '.join(given)} but {type(module).__name__}'s weights are "
+            f"{want}: pass {want} inputs, or explain a copy of the module in the inputs' dtype "
+            f"(copy.deepcopy(model).to(torch.{given[-1]})).")
+
+
 def input_names(module: Any, count: int) -> list[str]:
     """Names of ``count`` positional inputs, from ``forward``'s signature (``x``, ``input_ids``;
     ``args_0``, ``args_1`` … for ``*args``)."""
@@ -102,6 +139,8 @@ class TorchFrontend:
             error = capture.try_lower(list(shapes), [np.dtype(d) for d in dtypes], names)
             if error is None:
                 return None
+            if dtype_advice(capture.module, [np.dtype(d).name for d in dtypes]):
+                raise error  # the autograd route would fail the same way
             warnings.warn(
                 f"torch.export could not capture {capture.describe()} ({error.reason}); explaining "
                 "it through its autograd graph instead (capture='autograd'), which follows the "
@@ -112,6 +151,10 @@ class TorchFrontend:
             source.payload = capture = AutogradCapture(capture.module)
         _register_lowerings()
         return capture.record(values, names)
+
+    def state(self, source: Source) -> tuple:
+        """A token that changes when the module's weights do (see :func:`weights_state`)."""
+        return source.payload.state()
 
     def input_specs(self, source: Source, shapes: list[tuple[int, ...]],
                     dtypes: list[np.dtype]) -> list[InputSpec]:

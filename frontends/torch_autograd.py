@@ -115,6 +115,12 @@ class AutogradCapture:
     def describe(self) -> str:
         return type(self.module).__name__
 
+    def state(self) -> tuple:
+        """Each recording reads the weights afresh; plans built from older weights are stale."""
+        from lrpir.frontends.torch import weights_state
+
+        return weights_state(self.module)
+
     def record(self, values: list[Any], names: list[str]) -> Recorded:
         from lrpir.frontends.torch_export import module_device
 
@@ -128,6 +134,10 @@ class AutogradCapture:
         except (UnsupportedOpError, InputError):
             raise
         except Exception as exc:
+            from lrpir.frontends.torch import dtype_advice
+
+            advice = dtype_advice(self.module, [str(t.dtype).removeprefix("torch.") for t in inputs])
             raise InputError(f"{where} failed when run eagerly on these inputs: "
-                             f"{type(exc).__name__}: {exc}") from exc
+                             f"{type(exc).__name__}: {exc}" + (f". {advice}" if advice else "")) \
+                from exc
         return Recorded(rec, names, where)

@@ -101,6 +101,22 @@ class Capture:
         self.programs: dict[tuple, list[Any]] = {}  # (ranks, dtypes) → decomposed programs
         self.refused: set[tuple] = set()             # keys whose dynamic export torch refused
         self.exports = 0
+        self._weights: tuple | None = None  # which tensors the programs hold as weights
+
+    def state(self) -> tuple:
+        """The module's weights state. A program refers to the weight tensors it was exported
+        with: updated in place, a re-lowering reads the new values; replaced by other tensors
+        (``model.fc = nn.Linear(...)``), the programs are dropped and exported again."""
+        from lrpir.frontends.torch import weights_state
+
+        state = weights_state(self.module)
+        tensors = tuple((i, ptr) for i, ptr, _ in state)
+        if self._weights is not None and tensors != self._weights:
+            self.programs.clear()
+            self.refused.clear()
+            self._ready = None
+        self._weights = tensors
+        return state
 
     def describe(self) -> str:
         return type(self.module).__name__
@@ -157,12 +173,15 @@ class Capture:
         except Exception as exc:
             if quiet:
                 return None
+            from lrpir.frontends.torch import dtype_advice
+
             lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()][:4]
             reason = f"{type(exc).__name__}: {' / '.join(lines)}"
-            error = ExportError(
-                f"torch.export could not capture {self.describe()} for inputs of shapes {shapes}: "
-                f"{reason}. Use capture='autograd', or export the model with torch.onnx.export "
-                "and explain the .onnx file.")
+            advice = (dtype_advice(self.module, [np.dtype(d).name for d in dtypes])
+                      or "Use capture='autograd', or export the model with torch.onnx.export and "
+                      "explain the .onnx file.")
+            error = ExportError(f"torch.export could not capture {self.describe()} for inputs of "
+                                f"shapes {shapes}: {reason}. {advice}")
             error.reason = reason
             raise error from exc
 

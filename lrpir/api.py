@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +14,7 @@ from lrpir import plugins
 from lrpir.canonicalize import CanonicalReport, canonicalize
 from lrpir.conservation import Conservation, OpAmount
 from lrpir.engine import assign_rules
-from lrpir.errors import InputError, UnsupportedOpError
+from lrpir.errors import InputError, LrpirWarning, UnsupportedOpError
 from lrpir.ir import Graph, Value
 from lrpir.plugins import InputSpec
 from lrpir.rules.presets import Rules, as_rules
@@ -156,9 +158,13 @@ def _pick_backend(name: str | None, framework: str) -> Any:
 class Explainer:
     """A model compiled for relevance: call it on inputs to get an :class:`Explanation`.
 
-    Plans are cached per input shapes, dtypes and explained output, and rebuilt only when those
-    change.
+    Plans are cached per input shapes, dtypes and explained output (and, on the autograd route,
+    per recorded path), and rebuilt only when those change. At most ``max_plans`` are kept, the
+    least recently used dropped first. A frontend whose model can change under it (a torch
+    module's weights) says so through ``state(source)``: a new state drops every plan.
     """
+
+    max_plans = 16
 
     def __init__(self, model: Any, rules: str | Rules = "epsilon", backend: str | None = None,
                  capture: str | None = None, jit: bool = False, keep_softmax: bool = False) -> None:
@@ -169,13 +175,16 @@ class Explainer:
         self.backend = _pick_backend(backend, self.source.framework)
         self.jit = jit
         self.keep_softmax = keep_softmax
-        self._cache: dict[tuple, Compiled] = {}
+        self._cache: OrderedDict[tuple, Compiled] = OrderedDict()
+        self._state: Any = None
+        self._warned_full = False
 
     def with_rules(self, rules: str | Rules) -> Explainer:
         """The same loaded model with other rules (no reload; plans are built afresh)."""
         other = copy.copy(self)
         other.rules = as_rules(rules)
-        other._cache = {}
+        other._cache = OrderedDict()
+        other._warned_full = False
         return other
 
     # -- inputs -------------------------------------------------------------------------------
@@ -286,15 +295,46 @@ class Explainer:
             output = self.source.outputs.index(output)  # one plan per output, however named
         if device is None:
             device = self.backend.default_device([a.value for a in arrays])
+        self._check_state()
         recorded = self._record(arrays)
         # the compute dtype follows from the input dtypes and the model, so they key it
         key = (tuple(a.shape for a in arrays), tuple(a.dtype.str for a in arrays), output,
                str(device), recorded.key if recorded is not None else None)
-        if key not in self._cache:
-            self._cache[key] = self._build(arrays, output, device, recorded)
-        compiled = self._cache[key]
+        compiled = self._cache.get(key)
+        if compiled is None:
+            compiled = self._build(arrays, output, device, recorded)
+            self._remember(key, compiled, recorded is not None)
+        else:
+            self._cache.move_to_end(key)
         feeds = recorded.values(compiled.supplied) if recorded is not None else {}
         return compiled, feeds
+
+    def _check_state(self) -> None:
+        """Drop every plan when the model changed since they were built (new weights)."""
+        state = getattr(self.frontend, "state", None)
+        if state is None:
+            return
+        now = state(self.source)
+        if now != self._state:
+            self._cache.clear()
+            self._state = now
+
+    def _remember(self, key: tuple, compiled: Compiled, recorded: bool) -> None:
+        self._cache[key] = compiled
+        if len(self._cache) <= self.max_plans:
+            return
+        self._cache.popitem(last=False)
+        if not self._warned_full:
+            self._warned_full = True
+            per = ("input shape, dtype and output, and per path the eager pass took (a branch, "
+                   "a boolean mask or a number read with .item())" if recorded
+                   else "input shape, dtype and output")
+            warnings.warn(
+                f"this explainer of {self.source.description or 'the model'} has built more than "
+                f"{self.max_plans} plans (one per {per}); the least recently used is dropped and "
+                "built again when needed, which is slow. Set explainer.max_plans higher to keep "
+                "more, at the cost of memory (each plan holds a copy of the weights).",
+                LrpirWarning, stacklevel=4)
 
     def _build(self, arrays: list[ArrayInput], output: int | str, device: Any,
                recorded: Any) -> Compiled:

@@ -52,7 +52,9 @@ class Frontend(Protocol):
     ``lower(source, shapes, dtypes)``; one that reads torch modules lists its routes in
     ``captures`` and takes ``load(model, capture=...)``. A frontend with ``catch_all = True``
     (any callable) is asked last. One whose graph depends on each call's values provides
-    ``record(source, values, shapes, dtypes)`` (see ``docs/plugins.md``, "Recorded models").
+    ``record(source, values, shapes, dtypes)`` (see ``docs/plugins.md``, "Recorded models"); one
+    whose model can change after loading provides ``state(source)``, a value that changes with it
+    ("Models that change").
     """
 
     name: str

@@ -11,6 +11,9 @@
   parts and matches the export route.
 - Nothing the user gave is changed: weights, flags, hooks, inputs; two explanations in a row and
   two explainers on one model agree exactly.
+- An explainer follows the module's weights on both torch routes (updated in place, loaded,
+  replaced), keeps a bounded number of plans, and says what to do about float64 inputs to a
+  float32 module.
 """
 
 from __future__ import annotations
@@ -484,3 +487,88 @@ def test_errors_name_the_model_and_what_to_do():
 
     with pytest.raises(InputError, match="no output of the model depends on its inputs"):
         lrpir.explain(Constant().eval(), torch.randn(2, 3), capture="autograd")
+
+
+# -- the explainer follows the module ------------------------------------------------------------
+@pytest.mark.parametrize("capture", ["autograd", "export"])
+def test_an_explainer_follows_the_modules_weights(capture):
+    """Plans copy what they read of the weights; when the module's weights change (in place, by
+    load_state_dict, or a replaced layer) the explainer builds its plans again."""
+    torch.manual_seed(11)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(2))
+    explainer = lrpir.Explainer(model, LRP0, capture=capture)
+
+    def check(before=None):
+        got = explainer(x, target=0)
+        np.testing.assert_allclose(got.output, model(x).detach().numpy(), rtol=1e-6)
+        assert _rel(got.relevance[0], _gxi(model, x, target=[0, 0, 0])) <= 1e-5
+        if before is not None:
+            assert not np.allclose(got.relevance[0], before, rtol=1e-3)
+        return got.relevance[0]
+
+    first = check()
+    plan = explainer.compiled([x])
+    assert explainer.compiled([x]) is plan  # nothing changed: the plan is reused
+    with torch.no_grad():
+        model[0].weight.mul_(-1.5)          # an in-place update, as an optimiser step makes
+    second = check(first)
+    other = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    model.load_state_dict(other.state_dict())
+    third = check(second)
+    model[2] = nn.Linear(8, 3).eval()       # a replaced layer: new parameter tensors
+    fourth = check(third)
+    model[0].bias.data = torch.randn(8)     # new data under the same parameter
+    check(fourth)
+    assert len(explainer._cache) == 1
+
+
+def test_the_plan_cache_is_bounded_and_says_so():
+    torch.manual_seed(9)
+    model = Masked().eval()
+    explainer = lrpir.Explainer(model, LRP0, capture="autograd")
+    explainer.max_plans = 2
+    gen = torch.Generator().manual_seed(3)
+    xs = [torch.randn(6, 4, generator=gen) for _ in range(4)]
+    with pytest.warns(LrpirWarning, match=r"more than 2 plans.*per path the eager pass took"):
+        for x in xs[:3]:
+            explainer(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # said once
+        exp = explainer(xs[3])
+    assert len(explainer._cache) == 2
+    xr = xs[3].clone().requires_grad_(True)
+    y = model(xr)
+    y[0, y[0].argmax()].backward()
+    assert _rel(exp.relevance[0], (xr.grad * xs[3]).numpy()) <= 1e-5
+
+
+@pytest.mark.parametrize("capture", ["autograd", "export", None])
+def test_float64_inputs_to_a_float32_module_say_what_to_do(capture):
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(8, 3)).eval()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # capture=None does not fall back: it would fail alike
+        with pytest.raises(InputError, match=r"float inputs are float64 but Sequential's weights "
+                           r"are float32: pass float32 inputs.*to\(torch\.float64\)"):
+            lrpir.explain(model, x, capture=capture)
+    import copy
+
+    wide = copy.deepcopy(model).to(torch.float64)  # the advice works
+    exp = lrpir.explain(wide, x, rules=LRP0, capture=capture)
+    assert exp.relevance[0].dtype == np.float64
+    assert _rel(exp.relevance[0], _gxi(wide, x)) <= 1e-12
+
+
+def test_a_lazy_module_is_explained_from_its_first_call():
+    """Its weights have no data until the first forward pass (the recorded one): the weights
+    check must not touch them, and the plan built once they exist is kept."""
+    torch.manual_seed(12)
+    model = nn.Sequential(nn.LazyLinear(5), nn.ReLU(), nn.Linear(5, 2)).eval()
+    x = torch.randn(3, 4)
+    explainer = lrpir.Explainer(model, LRP0, capture="autograd")
+    first, second = explainer(x), explainer(x)
+    assert np.array_equal(first.relevance[0], second.relevance[0])
+    assert _rel(second.relevance[0], _gxi(model, x)) <= 1e-5
+    plan = explainer.compiled([x])
+    assert explainer.compiled([x]) is plan and len(explainer._cache) == 1
