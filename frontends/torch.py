@@ -39,6 +39,11 @@ def check_eval(module: Any) -> None:
                 "in inference mode and does not change your module: call model.eval() first")
 
 
+def _weights(module: Any) -> list[Any]:
+    """The module's parameters and buffers, each once."""
+    return [*module.parameters(), *module.buffers()]
+
+
 def weights_state(module: Any) -> tuple:
     """Which tensors hold the module's weights and how often each was written. It changes when a
     weight is updated in place (an optimiser step, ``load_state_dict``) or replaced, so an
@@ -46,7 +51,7 @@ def weights_state(module: Any) -> tuple:
     from torch.nn.parameter import is_lazy
 
     state = []
-    for t in [*module.parameters(), *module.buffers()]:
+    for t in _weights(module):
         if is_lazy(t):  # a lazy module's weight before its first call: no data yet
             state.append((id(t), 0, -1))
             continue
@@ -65,8 +70,7 @@ def dtype_advice(module: Any, dtypes: list[str]) -> str:
     def floats(names: Any) -> set[str]:
         return {n.replace("bfloat16", "float32") for n in names if "float" in n}
 
-    weights = floats(str(t.dtype).removeprefix("torch.")
-                     for t in [*module.parameters(), *module.buffers()])
+    weights = floats(str(t.dtype).removeprefix("torch.") for t in _weights(module))
     given = sorted(floats(dtypes))
     if len(weights) != 1 or not given or set(given) <= weights:
         return ""
